@@ -1,0 +1,1 @@
+"""grpo_jax: GRPO-family RL fine-tuning of language models in JAX."""
