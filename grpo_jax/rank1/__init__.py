@@ -1,0 +1,30 @@
+"""AlphaRL: rank-1 structure of RL weight updates and its extrapolation (PAPERS.md §4)."""
+
+from grpo_jax.rank1.fit import Pls1 as Pls1
+from grpo_jax.rank1.fit import Relex as Relex
+from grpo_jax.rank1.fit import linear_time_fit as linear_time_fit
+from grpo_jax.rank1.fit import linearity_r2 as linearity_r2
+from grpo_jax.rank1.fit import pls1 as pls1
+from grpo_jax.rank1.fit import pls_predict as pls_predict
+from grpo_jax.rank1.fit import predict_linear as predict_linear
+from grpo_jax.rank1.fit import relex_gram as relex_gram
+from grpo_jax.rank1.svd import PowerIteration as PowerIteration
+from grpo_jax.rank1.svd import power_iteration as power_iteration
+from grpo_jax.rank1.svd import power_iteration_op as power_iteration_op
+from grpo_jax.rank1.svd import sign_fix as sign_fix
+from grpo_jax.rank1.svd import top_k_svd as top_k_svd
+from grpo_jax.rank1.trajectory import Trajectory as Trajectory
+from grpo_jax.rank1.trajectory import align_signs as align_signs
+from grpo_jax.rank1.trajectory import collect_trajectory as collect_trajectory
+from grpo_jax.rank1.trajectory import extrapolate as extrapolate
+from grpo_jax.rank1.views import ATTENTION_MLP as ATTENTION_MLP
+from grpo_jax.rank1.views import MatrixView as MatrixView
+from grpo_jax.rank1.views import default_select as default_select
+from grpo_jax.rank1.views import deltas as deltas
+from grpo_jax.rank1.views import energy_fraction as energy_fraction
+from grpo_jax.rank1.views import energy_fractions as energy_fractions
+from grpo_jax.rank1.views import matrix_selector as matrix_selector
+from grpo_jax.rank1.views import rank_k_model as rank_k_model
+from grpo_jax.rank1.views import rank_k_update as rank_k_update
+from grpo_jax.rank1.views import select_matrices as select_matrices
+from grpo_jax.rank1.views import tree_view as tree_view
