@@ -246,7 +246,9 @@ def _constrain_cache(cache: Any) -> Any:
 
 
 def _set_column(buffer_BN: jax.Array, column_B: jax.Array, n: jax.Array) -> jax.Array:
-  return jax.lax.dynamic_update_slice(buffer_BN, column_B[:, None].astype(buffer_BN.dtype), (0, n))
+  return jax.lax.dynamic_update_slice(
+    buffer_BN, column_B[:, None].astype(buffer_BN.dtype), (jnp.zeros_like(n), n)
+  )
 
 
 @functools.partial(jax.jit, static_argnames=('config',))

@@ -351,3 +351,12 @@ def test_bad_config_raises_naming_the_field(field, value):
   kwargs = {'max_new_tokens': 4, field: value}
   with pytest.raises(ValueError, match=f'SamplerConfig.{field}'):
     SamplerConfig(**kwargs)
+
+
+def test_sampling_under_x64_gives_the_same_tokens(model):
+  # Cache and buffer indices keep one integer dtype when jax_enable_x64 is on (a notebook or
+  # a float64 analysis may have turned it on).
+  expected = _run(model, PROMPTS, WIDTH, GREEDY)
+  with jax.enable_x64(True):
+    out = _run(model, PROMPTS, WIDTH, GREEDY)
+  np.testing.assert_array_equal(out.tokens_BN, expected.tokens_BN)

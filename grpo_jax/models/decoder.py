@@ -157,7 +157,8 @@ class Attention(nnx.Module):
       k_BSNK, v_BSNK = k_BTNK, v_BTNK
     else:
       k_BSNK, v_BSNK = kv
-      start = (0, cache_index, 0, 0)
+      zero = jnp.zeros_like(cache_index)  # same index dtype, also under jax_enable_x64
+      start = (zero, cache_index, zero, zero)
       k_BSNK = jax.lax.dynamic_update_slice(k_BSNK, k_BTNK.astype(k_BSNK.dtype), start)
       v_BSNK = jax.lax.dynamic_update_slice(v_BSNK, v_BTNK.astype(v_BSNK.dtype), start)
       kv = (k_BSNK, v_BSNK)
@@ -298,7 +299,9 @@ class Decoder(nnx.Module):
         # A traced index cannot be checked here; dynamic_update_slice would clamp it.
         raise ValueError(f'cache_index={cache_index} + {T} new tokens overflows the {S}-slot cache')
       cache_index = jnp.asarray(cache_index, jnp.int32)
-      valid_BS = jax.lax.dynamic_update_slice(cache.valid_BS, valid_BT, (0, cache_index))
+      valid_BS = jax.lax.dynamic_update_slice(
+        cache.valid_BS, valid_BT, (jnp.zeros_like(cache_index), cache_index)
+      )
       slot_T = cache_index + jnp.arange(T)
       mask_BTS = (jnp.arange(S)[None, :] <= slot_T[:, None])[None] & valid_BS[:, None, :]
 
