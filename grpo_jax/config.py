@@ -3,7 +3,8 @@
 A run is described by one `TrainConfig`, built from a preset (`cpu-tiny`, the default, or
 `paper`) and command-line overrides such as `optim.lr=2e-4 batch.group_size=4`. Every
 section validates itself in `__post_init__` and names the bad field. A resumed run compares
-its config with the checkpointed one and refuses any change outside `RUN_LENGTH_FIELDS`.
+its config with the checkpointed one and refuses any change outside `RUN_LENGTH_FIELDS`
+and the placement section `mesh` (`PLACEMENT_SECTIONS`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any, Literal
 
 # Fields a resumed run may change: they only say how long to keep going.
 RUN_LENGTH_FIELDS = frozenset({'steps', 'sft.max_steps'})
+# Sections a resumed run may also change: they say where the run executes (mesh shape,
+# processes), not what it computes; a checkpoint restores onto any mesh.
+PLACEMENT_SECTIONS = frozenset({'mesh'})
 
 
 def _fail(field: str, message: str) -> None:
@@ -383,6 +387,87 @@ class SFTSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshSection:
+  """Where the run executes: the device mesh and, optionally, several processes.
+
+  The mesh has axes ('data', 'fsdp', 'tensor') (`grpo_jax.sharding.make_mesh`): batches are
+  split over data x fsdp, parameters and optimizer state over fsdp (ZeRO-3) and tensor
+  (heads, MLP units, vocabulary). All sizes 1 (the default) runs on one device without a
+  mesh, exactly as before meshes existed; -1 on one axis takes every device left over.
+
+  Attributes:
+    data, fsdp, tensor: mesh axis sizes (positive, or -1 on at most one axis).
+    distributed: join a multi-process run (`grpo_jax.sharding.initialize_distributed`)
+      before building the mesh, which then spans every process's devices.
+    coordinator_address: 'host:port' of process 0; None lets JAX detect the cluster.
+    num_processes, process_id: the run's process count and this process's index.
+    local_device_ids: this process's devices (empty: all local devices).
+    cpu_collectives: 'gloo' or 'mpi' for multi-process CPU runs; None on TPU/GPU.
+    initialization_timeout: seconds to wait for every process to join.
+  """
+
+  data: int = 1
+  fsdp: int = 1
+  tensor: int = 1
+  distributed: bool = False
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  local_device_ids: tuple[int, ...] = ()
+  cpu_collectives: str | None = None
+  initialization_timeout: int = 300
+
+  def __post_init__(self):
+    for name in ('data', 'fsdp', 'tensor'):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
+        _fail(f'mesh.{name}', f'must be a positive int or -1, got {value!r}')
+    free = [name for name in ('data', 'fsdp', 'tensor') if getattr(self, name) == -1]
+    if len(free) > 1:
+      _fail(f'mesh.{free[1]}', f'at most one mesh axis may be -1, got {free}')
+    if not self.distributed:
+      for name in ('coordinator_address', 'num_processes', 'process_id', 'cpu_collectives'):
+        if getattr(self, name) is not None:
+          _fail(f'mesh.{name}', 'is a multi-process setting; set mesh.distributed=true')
+      if self.local_device_ids:
+        _fail('mesh.local_device_ids', 'is a multi-process setting; set mesh.distributed=true')
+    _positive('mesh', initialization_timeout=self.initialization_timeout)
+    try:
+      self.distributed_config()
+    except ValueError as e:
+      # DistributedConfig names its own field ('DistributedConfig.<name> ...'); say which
+      # config field that is.
+      name, _, message = str(e).removeprefix('DistributedConfig.').partition(' ')
+      _fail(f'mesh.{name}', message)
+
+  @property
+  def enabled(self) -> bool:
+    """True when the run uses a mesh (any axis size other than 1, or several processes)."""
+    return self.distributed or (self.data, self.fsdp, self.tensor) != (1, 1, 1)
+
+  @property
+  def batch_ways(self) -> int | None:
+    """data x fsdp, the number of batch shards; None while an axis is -1 (device count)."""
+    if -1 in (self.data, self.fsdp):
+      return None
+    return self.data * self.fsdp
+
+  def distributed_config(self):
+    """The `grpo_jax.sharding.DistributedConfig` of these fields."""
+    from grpo_jax.sharding import DistributedConfig
+
+    return DistributedConfig(
+      enabled=self.distributed,
+      coordinator_address=self.coordinator_address,
+      num_processes=self.num_processes,
+      process_id=self.process_id,
+      local_device_ids=tuple(self.local_device_ids) or None,
+      cpu_collectives=self.cpu_collectives,
+      initialization_timeout=self.initialization_timeout,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """A whole run.
 
@@ -406,6 +491,7 @@ class TrainConfig:
   eval: EvalSection = dataclasses.field(default_factory=EvalSection)
   checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
   sft: SFTSection = dataclasses.field(default_factory=SFTSection)
+  mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
   steps: int = 400
   seed: int = 0
   output_dir: str = 'runs/cpu-tiny'
@@ -428,6 +514,15 @@ class TrainConfig:
       _fail('eval.size', f'{self.eval.size} > data.held_out_size={self.data.held_out_size}')
     if self.sft.enabled and self.sft.eval_size > self.data.held_out_size:
       _fail('sft.eval_size', f'{self.sft.eval_size} > data.held_out_size={self.data.held_out_size}')
+    ways = self.mesh.batch_ways
+    rows = self.batch.micro_batch * self.batch.group_size
+    if ways is not None and rows % ways:
+      # Each micro-batch's rows are split evenly over the batch shards (data x fsdp).
+      _fail(
+        'mesh.fsdp',
+        f'batch.micro_batch x batch.group_size = {rows} rows do not split over '
+        f'mesh.data x mesh.fsdp = {ways} batch shards',
+      )
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-ready nested dict (tuples become lists)."""
@@ -450,6 +545,7 @@ _SECTIONS = {
   'eval': EvalSection,
   'checkpoint': CheckpointSection,
   'sft': SFTSection,
+  'mesh': MeshSection,
 }
 
 
@@ -638,9 +734,14 @@ def config_diff(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]
 
 def check_resume_compatible(saved: TrainConfig, current: TrainConfig) -> None:
   """Raises if `current` changes anything but `RUN_LENGTH_FIELDS` relative to `saved`."""
-  # output_dir is the run's identity, not part of its recipe (it may be spelled differently).
+  # output_dir is the run's identity, not part of its recipe (it may be spelled differently);
+  # placement (mesh shape, processes) may change: a checkpoint restores onto any mesh.
   allowed = RUN_LENGTH_FIELDS | {'output_dir'}
-  changed = {k: v for k, v in config_diff(saved, current).items() if k not in allowed}
+  changed = {
+    k: v
+    for k, v in config_diff(saved, current).items()
+    if k not in allowed and k.split('.', 1)[0] not in PLACEMENT_SECTIONS
+  }
   if changed:
     listing = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())
     raise ValueError(

@@ -20,7 +20,10 @@ Usage (overrides are `section.field=value`, see `grpo_jax.config`)::
   python -m grpo_jax.train                                   # cpu-tiny: SFT, then GRPO
   python -m grpo_jax.train rule.name=gxpo rule.k=3 rule.alpha=0.5 output_dir=runs/gxpo
   python -m grpo_jax.train --preset paper model.path=/ckpt/Qwen2.5-Math-1.5B-Instruct \
-      data.path=/data/dapo_math.jsonl output_dir=runs/qwen
+      data.path=/data/dapo_math.jsonl output_dir=runs/qwen mesh.fsdp=-1   # FSDP over all devices
+  # multi-host: the same command on every host, plus e.g.
+  #   mesh.distributed=true mesh.coordinator_address=host0:1234 mesh.num_processes=4 \
+  #   mesh.process_id=<i> mesh.fsdp=-1 mesh.tensor=4
 
 A run writes `<output_dir>/{checkpoints/, metrics.jsonl, tb/, curves.png, summary.json}`
 (layout: `grpo_jax.checkpoint`; metric keys: `grpo_jax.metrics`) and `sft/checkpoints/`
@@ -29,10 +32,23 @@ for its warm start; started again with the same `output_dir` it resumes.
 Randomness is a function of (seed, step, draw index, sample index) only and every update
 is a deterministic jitted function, so CPU runs are bitwise reproducible and a run resumed
 from its latest checkpoint ends with the same params as an uninterrupted one.
+
+Meshes (`cfg.mesh`, `grpo_jax.sharding`): with any mesh axis other than 1 the trainer builds
+a ('data', 'fsdp', 'tensor') mesh (after joining a multi-process run when
+`mesh.distributed`), places the params on their role's shardings (a checkpoint's are
+loaded straight onto them; a preset model is built as on one device, then placed),
+creates the optimizer state with the same per-leaf shardings (Adam moments sharded like
+their params, counters replicated), splits rollout prompts and learner micro-batches over
+the batch axes ('data', 'fsdp'), runs every jitted call under `jax.set_mesh(mesh)` (so the
+models' activation hints apply) and restores checkpoints onto the same shardings. Every
+process holds the whole (small) rollout batch on the host and places its own shards, so
+rewards and metrics are computed identically everywhere; process 0 writes the logs. The
+default (all sizes 1) uses no mesh and runs exactly as a single-device run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -48,10 +64,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grpo_jax import metrics as metrics_lib
 from grpo_jax import presets as loss_presets
 from grpo_jax import rewards as rewards_lib
+from grpo_jax import sharding as sharding_lib
 from grpo_jax import tasks as tasks_lib
 from grpo_jax import transforms
 from grpo_jax.checkpoint import CheckpointStore
@@ -70,20 +89,119 @@ _ROLLOUT_TAG = 1
 _EVAL_TAG = 2
 _INIT_TAG = 3
 
+# `jax.distributed.initialize` may run once per process; later Trainers reuse the run.
+_DISTRIBUTED_JOINED = False
+
+
+# --------------------------------------------------------------------------------------
+# Mesh and placement.
+# --------------------------------------------------------------------------------------
+
+
+def build_mesh(cfg: TrainConfig) -> Mesh | None:
+  """The run's mesh from `cfg.mesh` (joining a multi-process run first); None for one device.
+
+  Raises:
+    ValueError: when the devices do not fit the mesh sizes, or a micro-batch's rows do not
+      split over the batch axes.
+  """
+  global _DISTRIBUTED_JOINED
+  m = cfg.mesh
+  if not m.enabled:
+    return None
+  if m.distributed and not _DISTRIBUTED_JOINED:
+    sharding_lib.initialize_distributed(m.distributed_config())
+    _DISTRIBUTED_JOINED = True
+  try:
+    mesh = sharding_lib.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+  except ValueError as e:
+    raise ValueError(f'config section `mesh`: {e}') from None
+  ways = mesh.shape['data'] * mesh.shape['fsdp']
+  rows = cfg.batch.micro_batch * cfg.batch.group_size
+  if rows % ways:
+    raise ValueError(
+      f'config field `mesh`: batch.micro_batch x batch.group_size = {rows} rows do not split '
+      f"over the mesh's data x fsdp = {ways} batch shards"
+    )
+  return mesh
+
+
+def mesh_context(mesh: Mesh | None):
+  """`jax.set_mesh(mesh)`, or a no-op context without a mesh."""
+  return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
+def batch_spec(mesh: Mesh, shape: Sequence[int], *, axis: int = 0) -> PartitionSpec:
+  """Dimension `axis` split over ('data', 'fsdp'), replicated when they do not divide it."""
+  ways = mesh.shape['data'] * mesh.shape['fsdp']
+  spec: list = [None] * len(shape)
+  if ways > 1 and shape[axis] % ways == 0:
+    spec[axis] = sharding_lib.BATCH_AXES
+  return PartitionSpec(*spec)
+
+
+def place_batch(tree: Any, mesh: Mesh | None, *, axis: int = 0) -> Any:
+  """Host arrays as global arrays split over the batch axes along `axis` (no mesh: as is).
+
+  Every process passes the same host values and keeps only its own shards
+  (`grpo_jax.sharding.host_to_global`), which also serves multi-process runs.
+  """
+  if mesh is None:
+    return tree
+
+  def put(x):
+    x = np.asarray(x)
+    return sharding_lib.host_to_global(x, NamedSharding(mesh, batch_spec(mesh, x.shape, axis=axis)))
+
+  return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+  """Numpy copies of a pytree of (possibly multi-process, sharded) arrays, whole on every host."""
+
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree.map(get, tree)
+
+
+def init_opt_state(tx: optax.GradientTransformation, params: Any, mesh: Mesh | None = None):
+  """`tx.init(params)`, each leaf created on its role's sharding when there is a mesh.
+
+  A plain `tx.init` (or `jax.jit(tx.init)`) of sharded params would leave state that does not
+  inherit their shardings (e.g. replicated Adam moments); one jit with `out_shardings` from
+  the same path-based roles as the params places moments like their params and replicates
+  counters and hyper-parameters.
+  """
+  if mesh is None:
+    return tx.init(params)
+  abstract = jax.eval_shape(tx.init, params)
+  with jax.set_mesh(mesh):
+    return jax.jit(tx.init, out_shardings=sharding_lib.param_shardings(abstract, mesh))(params)
+
 
 # --------------------------------------------------------------------------------------
 # Model, optimizer and update rule.
 # --------------------------------------------------------------------------------------
 
 
-def build_model(cfg: TrainConfig, tokenizer: TextTokenizer):
-  """(graphdef, params, model_cfg): a preset decoder built from the seed, or a local HF one."""
+def build_model(cfg: TrainConfig, tokenizer: TextTokenizer, *, mesh: Mesh | None = None):
+  """(graphdef, params, model_cfg): a preset decoder built from the seed, or a local HF one.
+
+  With a `mesh`, every parameter ends on its role's sharding
+  (`grpo_jax.sharding.param_shardings`): checkpoint tensors are loaded straight onto it, and
+  a (small) preset model is initialised exactly as without a mesh, so one seed gives the same
+  model on every mesh, then each process keeps its own shards. Without a mesh, on the default
+  device.
+  """
   if cfg.model.path:
     from grpo_jax.models import hf
 
     # float32 master weights (updates of lr ~1e-6 vanish in bfloat16); the checkpoint's
     # own dtype stays the compute dtype.
-    model, model_cfg = hf.load_hf(cfg.model.path, param_dtype='float32')
+    model, model_cfg = hf.load_hf(cfg.model.path, param_dtype='float32', mesh=mesh)
   else:
     model_cfg = model_preset(
       cfg.model.preset,
@@ -96,6 +214,14 @@ def build_model(cfg: TrainConfig, tokenizer: TextTokenizer):
     seed = int(jax.random.randint(_run_key(cfg, _INIT_TAG), (), 0, 2**31 - 1))
     model = Decoder(model_cfg, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model, nnx.Param)
+  if mesh is not None and not cfg.model.path:
+    # Presets are small: the same eager init as a single-device run (so a seed gives the
+    # same model on every mesh), then each process places its own shards of every weight.
+    params = jax.tree.map(
+      lambda x, s: sharding_lib.host_to_global(np.asarray(x), s),
+      params,
+      sharding_lib.param_shardings(params, mesh),
+    )
   return graphdef, params, model_cfg
 
 
@@ -301,16 +427,50 @@ def make_grad_fn(graphdef, preset, *, prompt_len: int, temperature: float):
   return grad_and_aux
 
 
-def make_update_fn(graphdef, preset, tx, *, prompt_len: int, temperature: float):
-  """A jitted `update(params, opt_state, batch) -> (params, opt_state, metrics)`."""
-  grad_and_aux = make_grad_fn(graphdef, preset, prompt_len=prompt_len, temperature=temperature)
+def make_update_fn(
+  graphdef,
+  preset,
+  tx,
+  *,
+  prompt_len: int,
+  temperature: float,
+  shardings: tuple[Any, Any] | None = None,
+  donate: bool = False,
+):
+  """A jitted `update(params, opt_state, batch) -> (params, opt_state, metrics)`.
 
-  @jax.jit
+  Args:
+    graphdef: the model's graph definition.
+    preset: the loss preset.
+    tx: the update rule.
+    prompt_len: the padded prompt width of the batch's rows.
+    temperature: the sampling temperature the log-probs use.
+    shardings: optional (param shardings, opt-state shardings) pytrees. Given (mesh runs),
+      gradients are constrained to the params' shardings (a reduce-scatter over the batch
+      axes rather than an all-reduce) and the new params and state keep their shardings
+      from step to step instead of whatever the partitioner picks.
+    donate: donate the `params` and `opt_state` buffers to the update's outputs, so an
+      update holds one copy of them instead of two (on an accelerator, params + AdamW state
+      are 3x the parameter bytes); the caller must not use the inputs afterwards.
+  """
+  grad_and_aux = make_grad_fn(graphdef, preset, prompt_len=prompt_len, temperature=temperature)
+  if shardings is not None:
+    param_sh, opt_sh = shardings
+    grad_and_aux_unconstrained = grad_and_aux
+
+    def grad_and_aux(params, batch):
+      g, aux = grad_and_aux_unconstrained(params, batch)
+      return jax.lax.with_sharding_constraint(g, param_sh), aux
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
   def update(params, opt_state, batch):
     g0, aux = grad_and_aux(params, batch)
     grad_fn = lambda p: grad_and_aux(p, batch)[0]  # noqa: E731 - same mini-batch, raw grads
     updates, opt_state = tx.update(g0, opt_state, params, grad_fn=grad_fn, entropy=aux['entropy'])
     new_params = optax.apply_updates(params, updates)
+    if shardings is not None:
+      new_params = jax.lax.with_sharding_constraint(new_params, param_sh)
+      opt_state = jax.lax.with_sharding_constraint(opt_state, opt_sh)
     out = {f'train/{k}': v for k, v in aux.items() if k != 'loss'}
     out['opt/grad_norm'] = optax.tree.norm(g0)
     out['opt/update_norm'] = optax.tree.norm(updates)
@@ -336,7 +496,12 @@ def _rows(examples: Sequence[dict], key: str) -> list:
 
 
 class Trainer:
-  """Runs (or resumes) the run described by a `TrainConfig` in `cfg.output_dir`."""
+  """Runs (or resumes) the run described by a `TrainConfig` in `cfg.output_dir`.
+
+  Attributes set at construction that experiments read: `mesh` (None on one device),
+  `graphdef`, `init_params` (on their shardings), `param_shardings` / `opt_shardings`
+  (None without a mesh), `tx`, `preset`, `geometry`, `task`, `tokenizer`.
+  """
 
   def __init__(self, cfg: TrainConfig, *, progress: bool = True, log=print):
     self.cfg = cfg
@@ -346,11 +511,18 @@ class Trainer:
     os.makedirs(self.out, exist_ok=True)
     self.task, self.tokenizer = build_task(cfg, tokenizer_dir=os.path.join(self.out, 'tokenizer'))
     self.reward, self.correct = build_rewards(cfg, self.task)
-    self.graphdef, params, self.model_cfg = build_model(cfg, self.tokenizer)
+    self.mesh = build_mesh(cfg)
+    self.graphdef, params, self.model_cfg = build_model(cfg, self.tokenizer, mesh=self.mesh)
     self.init_params = params
     self.preset = loss_preset(cfg)
     self.dynamic_sampling = cfg.dynamic_sampling or self.preset.dynamic_sampling
     self.tx = make_rule(cfg, make_optimizer(cfg.optim))
+    self.param_shardings = self.opt_shardings = None
+    if self.mesh is not None:
+      self.param_shardings = sharding_lib.param_shardings(params, self.mesh)
+      self.opt_shardings = sharding_lib.param_shardings(
+        jax.eval_shape(self.tx.init, params), self.mesh
+      )
     self.geometry = cfg.batch
     self.sampler_cfg = SamplerConfig(
       max_new_tokens=cfg.sampler.max_new_tokens,
@@ -372,10 +544,12 @@ class Trainer:
     return self.task.take(tasks_lib.Cursor(self.cfg.seed, position), n)[0]
 
   def encode_prompts(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    ids = self.tokenizer.encode_prompts(list(prompts))
+    # The task's system prompt (e.g. reasoning-gym's answer-tag instruction) leads every prompt.
+    ids = self.tokenizer.encode_prompts(list(prompts), system_prompt=self.task.system_prompt)
     return self.tokenizer.pad_left(ids, length=_prompt_bucket(max(len(x) for x in ids)))
 
-  def update_fn(self, prompt_len: int) -> Callable:
+  def update_fn(self, prompt_len: int, *, donate: bool = False) -> Callable:
+    """The jitted learner update for rows of `prompt_len` prompt tokens (`make_update_fn`)."""
     cfg = self.cfg
     key = (
       'update',
@@ -385,6 +559,8 @@ class Trainer:
       cfg.rule,
       prompt_len,
       cfg.sampler.temperature,
+      self.mesh,
+      donate,
     )
     if key not in _JIT_CACHE:
       _JIT_CACHE[key] = make_update_fn(
@@ -393,12 +569,18 @@ class Trainer:
         self.tx,
         prompt_len=prompt_len,
         temperature=cfg.sampler.temperature,
+        shardings=None if self.mesh is None else (self.param_shardings, self.opt_shardings),
+        donate=donate,
       )
     return _JIT_CACHE[key]
 
+  def init_opt_state(self, params) -> Any:
+    """The update rule's initial state, on `opt_shardings` when there is a mesh."""
+    return init_opt_state(self.tx, params, self.mesh)
+
   def logp_fn(self, prompt_len: int) -> Callable:
     temperature = self.cfg.sampler.temperature
-    key = ('logp', self.graphdef, prompt_len, temperature)
+    key = ('logp', self.graphdef, prompt_len, temperature, self.mesh)
     if key not in _JIT_CACHE:
       graphdef = self.graphdef
       _JIT_CACHE[key] = jax.jit(
@@ -412,10 +594,11 @@ class Trainer:
     """Completion log-probs by a training forward pass, one micro-batch of rows at a time."""
     rows = self.geometry.micro_batch * self.geometry.group_size
     fn = self.logp_fn(prompt_len)
-    parts = [
-      np.asarray(fn(params, tokens_BT[i : i + rows], valid_BT[i : i + rows]))
-      for i in range(0, tokens_BT.shape[0], rows)
-    ]
+    parts = []
+    with mesh_context(self.mesh):
+      for i in range(0, tokens_BT.shape[0], rows):
+        chunk = place_batch((tokens_BT[i : i + rows], valid_BT[i : i + rows]), self.mesh)
+        parts.append(to_host(fn(params, *chunk)))
     return np.concatenate(parts)
 
   def generate(self, params, examples, *, group: int, key, step: int, draw_ids, config):
@@ -423,17 +606,26 @@ class Trainer:
     prompts_BP, valid_BP = self.encode_prompts(_rows(examples, 'prompt'))
     prompts_BP = np.repeat(prompts_BP, group, axis=0)
     valid_BP = np.repeat(valid_BP, group, axis=0)
-    out = sample(
-      (self.graphdef, params),
+    rows = (
       prompts_BP,
       valid_BP,
-      key=key,
-      step=step,
-      prompt_ids_B=np.repeat(np.asarray(draw_ids, np.int64), group).astype(np.uint32),
-      sample_ids_B=np.tile(np.arange(group, dtype=np.uint32), len(examples)),
-      config=config,
+      np.repeat(np.asarray(draw_ids, np.int64), group).astype(np.uint32),
+      np.tile(np.arange(group, dtype=np.uint32), len(examples)),
     )
-    return jax.tree.map(np.asarray, out), prompts_BP, valid_BP
+    # With a mesh, the rows are split over the batch axes (replicated when they do not divide).
+    prompts, valid, prompt_ids_B, sample_ids_B = place_batch(rows, self.mesh)
+    with mesh_context(self.mesh):
+      out = sample(
+        (self.graphdef, params),
+        prompts,
+        valid,
+        key=key,
+        step=step,
+        prompt_ids_B=prompt_ids_B,
+        sample_ids_B=sample_ids_B,
+        config=config,
+      )
+    return to_host(out), prompts_BP, valid_BP
 
   def score(self, examples, out, group: int):
     """RewardScores of the completions (columns repeated per sample)."""
@@ -478,7 +670,7 @@ class Trainer:
 
   def sft_step_fn(self, tx) -> Callable:
     """The jitted teacher-forced step (mean negative log-likelihood of answer tokens)."""
-    key = ('sft', self.graphdef, self.cfg.sft.lr)
+    key = ('sft', self.graphdef, self.cfg.sft.lr, self.mesh)
     if key in _JIT_CACHE:
       return _JIT_CACHE[key]
     graphdef = self.graphdef
@@ -510,7 +702,7 @@ class Trainer:
     """
     s = self.cfg.sft
     tx = optax.adam(s.lr)
-    opt_state = tx.init(params)
+    opt_state = init_opt_state(tx, params, self.mesh)
     sft_step = self.sft_step_fn(tx)
     n_new = self.cfg.sampler.max_new_tokens
 
@@ -534,7 +726,9 @@ class Trainer:
 
     def train_step(params, opt_state, step):
       tokens, valid, mask, prompt_len = batch_at(step)
-      return sft_step(params, opt_state, tokens, valid, mask, prompt_len=prompt_len)
+      tokens, valid, mask = place_batch((tokens, valid, mask), self.mesh)
+      with mesh_context(self.mesh):
+        return sft_step(params, opt_state, tokens, valid, mask, prompt_len=prompt_len)
 
     def acc_of(params, step):
       return self.evaluate(params, step=step, size=s.eval_size, avg_k=0)['eval/greedy_acc']
@@ -589,8 +783,8 @@ class Trainer:
       store.save(
         step,
         params=params,
-        opt_state={'sft_step': jnp.asarray(step, jnp.int32)},
-        rng=jax.random.key(self.cfg.seed),
+        opt_state={'sft_step': self._replicated(np.asarray(step, np.int32))},
+        rng=self._rng_for_store(jax.random.key(self.cfg.seed)),
         progress={'sft_step': step},
         config=self.cfg.to_dict(),
         metrics={'eval/greedy_acc': acc},
@@ -683,11 +877,15 @@ class Trainer:
       ).astype(np.float32)
     return batch, width, rewards_BG, extra
 
-  def train_on(self, params, opt_state, batch, prompt_len: int, step: int):
-    """All optimizer updates on one rollout batch; returns averaged metrics."""
+  def train_on(self, params, opt_state, batch, prompt_len: int, step: int, *, donate: bool = False):
+    """All optimizer updates on one rollout batch; returns averaged metrics.
+
+    With `donate`, the buffers of `params` and `opt_state` are reused for the results (one
+    copy of the training state in memory); the caller must not use the inputs afterwards.
+    """
     geo = self.geometry
     G, S = geo.group_size, geo.micro_steps
-    update = self.update_fn(prompt_len)
+    update = self.update_fn(prompt_len, donate=donate)
     collected = []
     for epoch in range(geo.epochs):
       order = np.arange(geo.prompts_per_step)
@@ -697,9 +895,12 @@ class Trainer:
         prompts = order[u * geo.mini_batch : (u + 1) * geo.mini_batch]
         rows = (prompts[:, None] * G + np.arange(G)[None]).reshape(-1)
         mb = {k: v[rows].reshape(S, -1, *v.shape[1:]) for k, v in batch.items()}
-        params, opt_state, m = update(params, opt_state, mb)
+        # Rows of each micro-batch are split over the batch axes.
+        mb = place_batch(mb, self.mesh, axis=1)
+        with mesh_context(self.mesh):
+          params, opt_state, m = update(params, opt_state, mb)
         collected.append(m)
-    collected = jax.device_get(collected)
+    collected = to_host(collected)
     out = {}
     for key in collected[0]:
       values = np.asarray([c[key] for c in collected], np.float64)
@@ -715,7 +916,8 @@ class Trainer:
     """Trains (resuming when `output_dir` holds checkpoints); returns a summary."""
     cfg = self.cfg
     t_start = time.perf_counter()
-    self.writer = metrics_lib.MetricsWriter(self.out)
+    # One process writes the logs; every process computes the same rows.
+    self.writer = metrics_lib.MetricsWriter(self.out) if jax.process_index() == 0 else _NoLog()
     store = CheckpointStore(
       os.path.join(self.out, 'checkpoints'),
       keep_last=cfg.checkpoint.keep_last,
@@ -723,7 +925,8 @@ class Trainer:
       keep_every=cfg.checkpoint.keep_every,
     )
     try:
-      return self._run(store, t_start)
+      with mesh_context(self.mesh):
+        return self._run(store, t_start)
     finally:
       store.close()
       self.writer.close()
@@ -731,15 +934,17 @@ class Trainer:
   def _run(self, store: CheckpointStore, t_start: float) -> dict[str, Any]:
     cfg = self.cfg
     params = self.init_params
-    opt_state = self.tx.init(params)
+    opt_state = self.init_opt_state(params)
     latest = store.latest_step()
     if latest is not None:
       check_resume_compatible(TrainConfig.from_dict(store.restore_item('config', step=latest)), cfg)
+      # The targets carry the params' and state's shardings, so orbax restores every array
+      # straight onto them (on whatever mesh this run uses).
       restored = store.restore(
         step=latest,
         params=params,
         opt_state=opt_state,
-        rng=jax.random.key_data(self.rollout_key),
+        rng=self._rng_for_store(self.rollout_key),
       )
       params, opt_state, progress = restored['params'], restored['opt_state'], restored['progress']
       self.ref_params = (
@@ -769,6 +974,11 @@ class Trainer:
       self.geometry.table(prompt_len=prompt_len, max_new_tokens=self.sampler_cfg.max_new_tokens)
     )
     self.log(f'held-out greedy accuracy before RL: {progress["before_acc"]:.4f}')
+    # The loop's updates donate their inputs. Fresh copies keep `init_params` and
+    # `ref_params` (which `params` may still be) alive for the caller and the KL term, and
+    # give every state leaf its own buffer (an optimizer's init may share one between leaves,
+    # e.g. two zero counters, and a buffer cannot be donated twice).
+    params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
     time_base = progress['cum/time_s'] - (time.perf_counter() - t_start)
     bar = metrics_lib.progress_bar(
       cfg.steps, initial=progress['step'], disable=not self.show_progress
@@ -778,7 +988,9 @@ class Trainer:
       groups, cursor, extra_rounds, stats = self.rollout(params, step, progress['cursor'])
       batch, width, rewards_BG, extra = self.learner_batch(params, groups)
       t1 = time.perf_counter()
-      params, opt_state, learner, n_updates = self.train_on(params, opt_state, batch, width, step)
+      params, opt_state, learner, n_updates = self.train_on(
+        params, opt_state, batch, width, step, donate=True
+      )
       jax.block_until_ready(params)
       t2 = time.perf_counter()
       lengths = np.concatenate([g['lengths'] for g in groups])
@@ -831,15 +1043,26 @@ class Trainer:
         postfix['acc'] = f'{evals["eval/greedy_acc"]:.3f}'
       bar.set_postfix(postfix)
     bar.close()
-    self.params = params
+    self.params, self.opt_state = params, opt_state
     return self.summary(progress)
+
+  def _replicated(self, x) -> jax.Array:
+    """A small host value as an array: replicated over the mesh when there is one."""
+    if self.mesh is None:
+      return jnp.asarray(x)
+    return sharding_lib.host_to_global(np.asarray(x), sharding_lib.replicated(self.mesh))
+
+  def _rng_for_store(self, key: jax.Array) -> jax.Array:
+    """Key data as the checkpoint holds it: replicated over the mesh when there is one."""
+    data = jax.random.key_data(key)
+    return data if self.mesh is None else self._replicated(data)
 
   def _save(self, store, step, params, opt_state, progress, evals):
     store.save(
       step,
       params=params,
       opt_state=opt_state,
-      rng=self.rollout_key,
+      rng=self._rng_for_store(self.rollout_key),
       progress=progress,
       config=self.cfg.to_dict(),
       metrics=None if evals is None else {'eval/greedy_acc': evals['eval/greedy_acc']},
@@ -849,7 +1072,7 @@ class Trainer:
     evals = [r for r in metrics_lib.read_metrics(self.out, kind='eval') if r['step'] > 0]
     before = progress['before_acc']
     after = metrics_lib.summarize(evals) if evals else before
-    figure = metrics_lib.plot_run(self.out)
+    figure = metrics_lib.plot_run(self.out) if jax.process_index() == 0 else None
     result = {
       'before_acc': before,
       'after_acc': after,
@@ -859,9 +1082,20 @@ class Trainer:
       'time_s': progress['cum/time_s'],
       'figure': figure,
     }
-    with open(os.path.join(self.out, 'summary.json'), 'w', encoding='utf-8') as f:
-      json.dump(result, f, indent=2)
+    if jax.process_index() == 0:
+      with open(os.path.join(self.out, 'summary.json'), 'w', encoding='utf-8') as f:
+        json.dump(result, f, indent=2)
     return result
+
+
+class _NoLog:
+  """The metrics writer of processes other than 0 in a multi-process run."""
+
+  def write(self, row) -> None:
+    del row
+
+  def close(self) -> None:
+    pass
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, log=print) -> dict[str, Any]:

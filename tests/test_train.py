@@ -255,3 +255,14 @@ def test_dynamic_sampling_drops_equal_reward_groups(tmp_path):
   kept_first = [g for g, z in zip(first, zero_std) if not z]
   for a, b in zip(kept_first, groups):
     np.testing.assert_array_equal(a['tokens_BN'], b['tokens_BN'])
+
+
+def test_prompts_carry_the_task_system_prompt(tmp_path):
+  trainer = T.Trainer(tiny_cfg(tmp_path), **QUIET)
+  plain_ids, _ = trainer.encode_prompts(['2+2='])
+  trainer.task.system_prompt = '1+1='
+  ids_BP, valid_BP = trainer.encode_prompts(['2+2='])
+  # '\n' is not in the addition alphabet, so the separator decodes as a dropped <unk>.
+  text = trainer.tokenizer.hf.decode(ids_BP[0][valid_BP[0]], skip_special_tokens=True)
+  assert text == '1+1=2+2='
+  assert ids_BP.shape[1] > plain_ids.shape[1]
