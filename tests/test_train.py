@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _tiny_run import QUIET, tiny_cfg
 from flax import nnx
 
 from grpo_jax import config as C
@@ -16,28 +17,6 @@ from grpo_jax import train as T
 from grpo_jax.checkpoint import CheckpointStore
 from grpo_jax.metrics import METRIC_KEYS, check_key, read_metrics
 from grpo_jax.models import Decoder, model_preset
-
-# A trivially learnable setting: the 'format' reward (the completion is digits only) starts
-# well below 1 for a random model and rises within a few updates.
-TINY = [
-  'sft.enabled=false',
-  'data.rewards=format',
-  'data.held_out_size=64',
-  'batch.prompts_per_step=8',
-  'batch.group_size=4',
-  'batch.mini_batch=4',
-  'batch.micro_batch=2',
-  'sampler.max_new_tokens=4',
-  'optim.lr=1e-2',
-  'eval.size=16',
-  'eval.avg_k=2',
-  'eval.every=4',
-  'checkpoint.every=4',
-]
-
-
-def tiny_cfg(tmp_path, *extra):
-  return C.apply_overrides(C.cpu_tiny(), [*TINY, f'output_dir={tmp_path}', *extra])
 
 
 def test_weight_decay_mask_skips_norms_and_biases():
@@ -138,7 +117,6 @@ def test_micro_batch_accumulation_equals_full_batch():
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
 
 
-QUIET = dict(progress=False, log=lambda *_: None)
 STEPS = 8
 
 

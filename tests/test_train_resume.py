@@ -9,32 +9,11 @@ import time
 import jax
 import numpy as np
 import pytest
+from _tiny_run import TINY, tiny_cfg
 
-from grpo_jax import config as C
 from grpo_jax import train as T
 from grpo_jax.checkpoint import CheckpointStore
 from grpo_jax.metrics import read_metrics
-
-# The tiny run of tests/test_train.py (kept in step with it).
-TINY = [
-  'sft.enabled=false',
-  'data.rewards=format',
-  'data.held_out_size=64',
-  'batch.prompts_per_step=8',
-  'batch.group_size=4',
-  'batch.mini_batch=4',
-  'batch.micro_batch=2',
-  'sampler.max_new_tokens=4',
-  'optim.lr=1e-2',
-  'eval.size=16',
-  'eval.avg_k=2',
-  'eval.every=4',
-  'checkpoint.every=4',
-]
-
-
-def tiny_cfg(path, *extra):
-  return C.apply_overrides(C.cpu_tiny(), [*TINY, f'output_dir={path}', *extra])
 
 
 def _lines(path):

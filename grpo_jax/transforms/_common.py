@@ -223,3 +223,11 @@ def scalar(value: Any, dtype=jnp.float32) -> jax.Array:
 
 def nan() -> jax.Array:
   return jnp.full([], jnp.nan, jnp.float32)
+
+
+def empty_diagnostics(cls: type, g0_norm: Any = None) -> Any:
+  """A diagnostics NamedTuple of NaNs ("not measured by this call"), with ‖g0‖ if known."""
+  fields = {f: nan() for f in cls._fields}
+  if g0_norm is not None:
+    fields['g0_norm'] = jnp.asarray(g0_norm, jnp.float32)
+  return cls(**fields)

@@ -147,10 +147,7 @@ class GxpoDiagnostics(NamedTuple):
 
 
 def _empty_diagnostics(g0_norm=None) -> GxpoDiagnostics:
-  fields = {f: c.nan() for f in GxpoDiagnostics._fields}
-  if g0_norm is not None:
-    fields['g0_norm'] = jnp.asarray(g0_norm, jnp.float32)
-  return GxpoDiagnostics(**fields)
+  return c.empty_diagnostics(GxpoDiagnostics, g0_norm)
 
 
 class GxpoState(NamedTuple):

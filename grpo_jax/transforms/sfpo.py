@@ -145,10 +145,7 @@ class LookaheadDiagnostics(NamedTuple):
 
 
 def _empty_diagnostics(g0_norm=None) -> LookaheadDiagnostics:
-  fields = {f: c.nan() for f in LookaheadDiagnostics._fields}
-  if g0_norm is not None:
-    fields['g0_norm'] = jnp.asarray(g0_norm, jnp.float32)
-  return LookaheadDiagnostics(**fields)
+  return c.empty_diagnostics(LookaheadDiagnostics, g0_norm)
 
 
 class _Call(NamedTuple):
