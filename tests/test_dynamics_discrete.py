@@ -176,3 +176,14 @@ def test_fixed_delay_root_test_matches_simulation():
     assert discrete.delay_stable(beta=beta, k=k, delay=delay) == (not grows)
   # Largest root modulus 0.981 at D = 4 and 1.007 at D = 5.
   assert discrete.delay_threshold(beta=beta, k=k, d_max=9) == 5
+
+
+def test_floquet_radii_stay_defined_for_a_strongly_unstable_map():
+  # x_{t+1} = 6 x_t: the monodromy over d steps is 6^d, beyond float64 past d = 396. The
+  # radii follow it exactly while representable and then read inf, never an error.
+  radii = discrete.floquet_radii([[5.0]], [[0.0]], beta=0.0, eta=1.0, d_max=450)
+  d = np.arange(1, 451)
+  finite = np.isfinite(radii)
+  np.testing.assert_allclose(np.log(radii[finite]), d[finite] * np.log(6.0), rtol=1e-12)
+  assert finite[:396].all() and np.isinf(radii[400:]).all()
+  assert discrete.floquet_threshold([[5.0]], [[0.0]], beta=0.0, eta=1.0, d_max=450) == 1

@@ -332,11 +332,18 @@ def floquet_radii(j_cur, j_old, *, beta, eta, d_max):
     ]
   )
   lift = np.concatenate([np.eye(2 * n), np.concatenate([eye, zero], 1)], 0)  # (x, x_prev) -> aug
-  power = lift
+  power, log_scale = lift, 0.0
   radii = np.empty(int(d_max))
   for d in range(1, int(d_max) + 1):
     power = step @ power
-    radii[d - 1] = np.max(np.abs(np.linalg.eigvals(power[: 2 * n])))
+    # A strongly unstable map overflows A^d within a few hundred steps: carry the product
+    # rescaled, since the spectral radius of c M is c times that of M.
+    scale = np.max(np.abs(power))
+    if scale > 0:
+      power, log_scale = power / scale, log_scale + np.log(scale)
+    radius = np.max(np.abs(np.linalg.eigvals(power[: 2 * n])))
+    with np.errstate(over='ignore'):  # a radius beyond the float range is inf: unstable
+      radii[d - 1] = np.exp(np.log(radius) + log_scale) if radius > 0 else 0.0
   return radii
 
 
