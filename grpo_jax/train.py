@@ -79,6 +79,7 @@ from grpo_jax.logprobs import token_logprobs
 from grpo_jax.models import Decoder, left_padded_positions, model_preset
 from grpo_jax.sampling import SamplerConfig, sample
 from grpo_jax.tokenizer import TextTokenizer, char_tokenizer
+from grpo_jax.validation import validate_batch
 
 # fold_in tags separating the streams derived from the run key.
 # Jitted learner functions, shared by every Trainer of a process with the same static
@@ -875,6 +876,17 @@ class Trainer:
       batch['ref_logp'] = self.batched_logprobs(
         self.ref_params, batch['tokens'], batch['valid'], width
       ).astype(np.float32)
+    # Data-dependent problems the jitted loss cannot report (issue 3): a non-finite reward,
+    # a row left without loss tokens where the preset's aggregation divides by its length.
+    validate_batch(
+      rewards=rewards_BG,
+      mask_BT=batch['mask'],
+      old_logp_BT=batch['old_logp'],
+      ref_logp_BT=batch.get('ref_logp'),
+      adv=batch['adv'],
+      group_size=self.cfg.batch.group_size,
+      preset=self.preset,
+    )
     return batch, width, rewards_BG, extra
 
   def train_on(self, params, opt_state, batch, prompt_len: int, step: int, *, donate: bool = False):

@@ -244,3 +244,14 @@ def test_prompts_carry_the_task_system_prompt(tmp_path):
   text = trainer.tokenizer.hf.decode(ids_BP[0][valid_BP[0]], skip_special_tokens=True)
   assert text == '1+1=2+2='
   assert ids_BP.shape[1] > plain_ids.shape[1]
+
+
+def test_learner_batch_rejects_a_non_finite_reward(tmp_path):
+  from grpo_jax.validation import BatchError
+
+  trainer = T.Trainer(tiny_cfg(tmp_path), **QUIET)
+  groups, *_ = trainer.rollout(trainer.init_params, 1, 0)
+  trainer.learner_batch(trainer.init_params, groups)  # a clean batch passes
+  groups[1]['rewards'] = np.where(np.arange(len(groups[1]['rewards'])) == 2, np.nan, 1.0)
+  with pytest.raises(BatchError, match='finite'):
+    trainer.learner_batch(trainer.init_params, groups)
