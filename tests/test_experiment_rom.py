@@ -223,6 +223,40 @@ def test_prediction_table_structure(predict_study):
   assert os.path.getsize(os.path.join(predict_study['out'], 'rom_predict.png')) > 0
 
 
+def test_an_unstable_predicted_map_is_reported_as_diverging(tmp_path):
+  """Calibrated at lr 0.05, the target at lr 1.0 has k = eta s kappa0 > 2 (1 + beta): the
+  table says the map diverges instead of printing an error of astronomical size."""
+  kappa0 = 8.0
+  base = study.quick_predict_spec().base
+  cal_arm, target_arm = study.sgd_arm(lr=0.05, momentum=0.5), study.sgd_arm(lr=1.0, momentum=0.5)
+  spec = study.PredictSpec(
+    name='x',
+    base=dataclasses.replace(base, steps=STEPS),
+    calibrations=(study.Calibration('ar2', cal_arm, 2, STEPS),),
+    targets=(study.Target(target_arm, 4),),
+    seeds=(0, 1),
+  )
+  s2 = float(discrete.advantage_scale(R_STAR, 2, normalize='std', ddof=0))
+  cal_y = R_STAR + discrete.heavy_ball_map(R0 - R_STAR, beta=0.5, k=0.05 * s2 * kappa0,
+                                           steps=STEPS - 1)  # fmt: skip
+  target_y = _map_curve(spec.arm_config(cal_arm), 4, STEPS)  # any bounded measured curve
+  for seed in (0, 1):
+    _write_run(study.run_dir(str(tmp_path), cal_arm, 2, seed), cal_y + (-0.01, 0.01)[seed])
+    _write_run(study.run_dir(str(tmp_path), target_arm, 4, seed), target_y)
+  res = study.analyze_predict(spec, str(tmp_path))
+  np.testing.assert_allclose(res['calibrations']['ar2']['kappa0'], kappa0, rtol=1e-9)
+  route = res['targets'][0]['routes']['ar2']
+  assert route['regime'] == 'unstable' and route['diverges']
+  assert route['k'] > 2 * (1 + 0.5)
+  assert route['map'] == {'rmse': None, 'max_abs': None, 'rel_rmse': None}
+  assert route['ode']['rmse'] is not None  # the continuous model still gives its curve
+  table = res['tables']['predict']
+  ((label, cells),) = table['rows']
+  for column in ('RMSE map', 'rel map'):
+    assert cells[table['columns'].index(column)] == 'diverges'
+  assert 'diverges' in study.format_predict_table(res)
+
+
 def test_route_and_momentum_must_match():
   base = study.quick_predict_spec().base
   with pytest.raises(ValueError, match='log-decay route needs'):

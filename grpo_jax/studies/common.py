@@ -264,7 +264,3 @@ def fmt_speedup(value: float | None, *, reached: bool = True) -> str:
   if value is None:
     return NA if reached else NOT_REACHED
   return f'{value:.2f}x'
-
-
-# Older spelling, kept for callers that used it before `json_ready` was public.
-_json_ready = json_ready
