@@ -56,6 +56,31 @@ def test_log_decay_recovers_kappa_at_beta_zero():
   np.testing.assert_allclose(discrete.kappa_from_log_decay(x, eta=eta, r_star=0.8), kappa)
 
 
+@pytest.mark.parametrize('beta, k', [(0.0, 0.05), (0.5, 0.3), (0.9, 0.02), (0.9, 1.5)])
+def test_trajectory_fit_recovers_k_r_star_and_r0_on_the_exact_map(beta, k):
+  x = 0.7 + discrete.heavy_ball_map(-0.5, beta=beta, k=k, steps=99)
+  fit = discrete.kappa_from_trajectory(x, eta=0.1, beta=beta)
+  np.testing.assert_allclose([fit.k, fit.r_star, fit.r0], [k, 0.7, 0.2], rtol=1e-7)
+  np.testing.assert_allclose(fit.kappa, k / 0.1, rtol=1e-7)
+  assert fit.rmse < 1e-7
+
+
+def test_trajectory_fit_is_unbiased_where_ar2_measures_the_noise():
+  """Measurement noise of the size of the rise: AR(2)'s k is biased far upwards (errors in
+  variables), the output-error fit stays near the truth (5 noise draws, each checked)."""
+  beta, k = 0.9, 0.02
+  x = 0.7 + discrete.heavy_ball_map(-0.5, beta=beta, k=k, steps=99)
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    y = x + 0.02 * rng.normal(size=x.size)
+    assert discrete.kappa_from_ar2(y, eta=0.1, beta=beta).k > 10 * k
+    np.testing.assert_allclose(discrete.kappa_from_trajectory(y, eta=0.1, beta=beta).k, k, rtol=0.2)
+  with pytest.raises(ValueError, match='too short'):
+    discrete.kappa_from_trajectory(np.ones(5), eta=0.1, beta=0.5)
+  with pytest.raises(ValueError, match='beta'):
+    discrete.kappa_from_trajectory(x, eta=0.1, beta=1.0)
+
+
 @pytest.mark.parametrize('bad', [1.0, -0.1, float('nan')])
 def test_beta_outside_unit_interval_raises(bad):
   with pytest.raises(ValueError, match='beta'):

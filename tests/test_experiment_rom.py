@@ -117,6 +117,20 @@ def test_variance_times_g_and_mean_deviation_against_the_reference_group(fit_stu
     assert groups['4']['train_max_dev_vs_ref'] == 0.0
 
 
+def test_noise_r2_ceiling_matches_the_known_noise_level():
+  rng = np.random.default_rng(0)
+  t = np.arange(2000.0)
+  smooth = 0.3 - 0.1 * np.exp(-t / 300)
+  sigma = 0.02
+  y = smooth + sigma * rng.normal(size=t.size)
+  sst = np.sum((y - y.mean()) ** 2)
+  want = 1 - t.size * sigma**2 / sst  # the R^2 of the true curve, in expectation
+  np.testing.assert_allclose(study.noise_r2_ceiling(y), want, atol=0.02)
+  np.testing.assert_allclose(study.noise_r2_ceiling(smooth), 1.0, atol=1e-6)  # no noise
+  with pytest.raises(ValueError, match='>= 4 points'):
+    study.noise_r2_ceiling([0.1, 0.2, 0.3])
+
+
 def test_fit_tables_say_which_arm_has_the_exact_mapping(fit_study):
   res, spec = fit_study['results'], fit_study['spec']
   fit = res['tables']['fit']
@@ -170,7 +184,7 @@ def predict_study(tmp_path_factory):
   spec = study.quick_predict_spec(seeds=(0, 1), steps=steps)
   assert study._advantage_convention(spec.base) == ('std', 0)  # the 'grpo' loss preset
   truth = {}
-  for arm, g, seed, n in spec.runs():
+  for arm, g, seed, n in dict.fromkeys(spec.runs()):  # two routes may read one run
     y = _map_curve(spec.arm_config(arm), g, n)
     truth[(arm.key, g)] = y
     _write_run(study.run_dir(out, arm, g, seed), y + (-0.01, 0.01)[seed])
@@ -190,6 +204,10 @@ def test_kappa_routes_recover_kappa0_on_the_exact_map(predict_study):
   # Log-decay: R* comes from an iterative exponential fit (scipy xtol 1e-8).
   np.testing.assert_allclose(cals['log_decay']['kappa0'], KAPPA0, rtol=1e-6)
   np.testing.assert_allclose(cals['log_decay']['r_star'], R_STAR, rtol=1e-7)
+  # Trajectory: a bounded scalar search in log k (xatol 1e-10), the rest linear.
+  np.testing.assert_allclose(cals['trajectory']['kappa0'], KAPPA0, rtol=1e-7)
+  np.testing.assert_allclose(cals['trajectory']['r_star'], R_STAR, rtol=1e-8)
+  np.testing.assert_allclose(cals['trajectory']['r0'], R0, rtol=1e-7)
 
 
 def test_exact_map_prediction_reproduces_the_held_out_run(predict_study):
@@ -213,9 +231,7 @@ def test_prediction_table_structure(predict_study):
   res = predict_study['results']
   table = res['tables']['predict']
   labels = [label for label, _ in table['rows']]
-  assert labels == [
-    f'{t["label"]} <- {route}' for t in res['targets'] for route in ('log_decay', 'ar2')
-  ]
+  assert labels == [f'{t["label"]} <- {route}' for t in res['targets'] for route in study.ROUTES]
   assert all(len(cells) == len(table['columns']) for _, cells in table['rows'])
   assert all(all(p is None for p in table['paper'][label]) for label in labels)
   saved = json.loads(pathlib.Path(predict_study['out'], 'rom_predict.json').read_text())

@@ -21,6 +21,7 @@ from grpo_jax.dynamics.diagnostics import diagnose as diagnose
 from grpo_jax.dynamics.diagnostics import metric_series as metric_series
 from grpo_jax.dynamics.discrete import AR2Fit as AR2Fit
 from grpo_jax.dynamics.discrete import MapRoots as MapRoots
+from grpo_jax.dynamics.discrete import TrajectoryFit as TrajectoryFit
 from grpo_jax.dynamics.discrete import advantage_moments as advantage_moments
 from grpo_jax.dynamics.discrete import advantage_scale as advantage_scale
 from grpo_jax.dynamics.discrete import delay_polynomial as delay_polynomial
@@ -32,6 +33,7 @@ from grpo_jax.dynamics.discrete import heavy_ball_map as heavy_ball_map
 from grpo_jax.dynamics.discrete import heavy_ball_roots as heavy_ball_roots
 from grpo_jax.dynamics.discrete import kappa_from_ar2 as kappa_from_ar2
 from grpo_jax.dynamics.discrete import kappa_from_log_decay as kappa_from_log_decay
+from grpo_jax.dynamics.discrete import kappa_from_trajectory as kappa_from_trajectory
 from grpo_jax.dynamics.discrete import mean_lag_threshold as mean_lag_threshold
 from grpo_jax.dynamics.discrete import ode_oscillation_onset as ode_oscillation_onset
 from grpo_jax.dynamics.discrete import oscillation_onset as oscillation_onset

@@ -3,9 +3,10 @@
 PAPERS.md §5 ("Checked numerically"): near a fixed point the dynamics are the heavy-ball map
 ``x_{t+1} = (1 + beta - k) x_t - beta x_{t-1}`` with ``x = R - R*`` and ``k = eta * kappa``
 (``k = eta s(R*, G) kappa0`` for GRPO), exact to 5-6 digits, whereas the ODE of ``rom.py`` is
-only an approximation. Everything here is that exact map: its roots, the AR(2) and log-decay
-routes to kappa, the exact advantage scale ``s(R, G)``, the stationary variance, the Floquet
-test of the sample-and-hold (refresh-interval) map and the fixed-delay root test.
+only an approximation. Everything here is that exact map: its roots, the AR(2), log-decay
+and trajectory (output-error) routes to kappa, the exact advantage scale ``s(R, G)``, the
+stationary variance, the Floquet test of the sample-and-hold (refresh-interval) map and the
+fixed-delay root test.
 """
 
 from __future__ import annotations
@@ -184,6 +185,63 @@ def kappa_from_log_decay(rewards, *, eta, r_star):
     raise ValueError('`rewards` touches `r_star`; the log-decay needs |R - R*| > 0 throughout')
   slope = np.polyfit(np.arange(x.size, dtype=float), np.log(x), 1)[0]
   return (1.0 - math.exp(slope)) / eta
+
+
+class TrajectoryFit(NamedTuple):
+  """The exact map's deterministic trajectory fitted to a curve (output error)."""
+
+  k: float
+  kappa: float  # k / eta
+  r_star: float
+  r0: float
+  rmse: float
+
+
+def kappa_from_trajectory(rewards, *, eta, beta, grid=400) -> TrajectoryFit:
+  """Stiffness from the whole curve by output-error least squares on the exact map.
+
+  The AR(2) route regresses each reward on the two before it; measurement noise in those
+  regressors biases ``a`` towards 0 and ``k = 1 + beta - a`` upwards (errors in variables),
+  so on a batch-reward curve whose noise is comparable to its rise it measures the noise.
+  Here the *deterministic* trajectory from rest, ``R_t = R* + (R0 - R*) h_t(k)`` with
+  ``h = heavy_ball_map(1, beta, k)``, is fitted instead: for a fixed ``k`` the model is
+  linear in ``(R*, R0)``, so ``k`` is profiled over a log grid on the stable range
+  ``(0, 2 (1 + beta))`` and refined by a bounded scalar search. The momentum is known.
+
+  Args:
+    rewards: ``[T]`` rewards (``T >= 8``) from the start of the run.
+    eta: learning rate.
+    beta: the momentum used.
+    grid: log-grid points of the profile search.
+
+  Returns:
+    A :class:`TrajectoryFit`.
+  """
+  from scipy.optimize import minimize_scalar
+
+  r = _as_curve(rewards, 'rewards', min_len=8)
+  _check_positive(eta, 'eta')
+  _check_beta(beta)
+  steps = r.size - 1
+
+  def solve(k):
+    h = heavy_ball_map(1.0, beta=beta, k=k, steps=steps)
+    design = np.stack([1.0 - h, h], axis=1)  # columns multiply R*, R0
+    coef, *_ = np.linalg.lstsq(design, r, rcond=None)
+    return coef, float(np.sum((design @ coef - r) ** 2))
+
+  k_hi = 2.0 * (1.0 + beta) * (1.0 - 1e-6)
+  ks = np.geomspace(1e-5, k_hi, int(grid))
+  sse = np.array([solve(k)[1] for k in ks])
+  i = int(np.argmin(sse))
+  lo, hi = ks[max(i - 1, 0)], ks[min(i + 1, ks.size - 1)]
+  best = minimize_scalar(lambda lk: solve(math.exp(lk))[1], bounds=(math.log(lo), math.log(hi)),
+                         method='bounded', options={'xatol': 1e-10})  # fmt: skip
+  k = math.exp(best.x) if best.fun <= sse[i] else float(ks[i])
+  (r_star, r0), sse_k = solve(k)
+  return TrajectoryFit(
+    k=k, kappa=k / eta, r_star=float(r_star), r0=float(r0), rmse=math.sqrt(sse_k / r.size)
+  )
 
 
 def _as_curve(values, name, *, min_len):
