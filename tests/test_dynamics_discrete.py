@@ -76,9 +76,24 @@ def test_trajectory_fit_is_unbiased_where_ar2_measures_the_noise():
     assert discrete.kappa_from_ar2(y, eta=0.1, beta=beta).k > 10 * k
     np.testing.assert_allclose(discrete.kappa_from_trajectory(y, eta=0.1, beta=beta).k, k, rtol=0.2)
   with pytest.raises(ValueError, match='too short'):
-    discrete.kappa_from_trajectory(np.ones(5), eta=0.1, beta=0.5)
+    discrete.kappa_from_trajectory(np.ones(3), eta=0.1, beta=0.5)
   with pytest.raises(ValueError, match='beta'):
     discrete.kappa_from_trajectory(x, eta=0.1, beta=1.0)
+
+
+def test_trajectory_and_log_decay_read_sampled_update_counts():
+  t = np.arange(0, 201, 10)  # an evaluation every 10 updates
+  x = 0.7 + discrete.heavy_ball_map(-0.5, beta=0.9, k=0.02, steps=200)
+  fit = discrete.kappa_from_trajectory(x[t], eta=0.1, beta=0.9, t=t)
+  np.testing.assert_allclose([fit.k, fit.r_star, fit.r0], [0.02, 0.7, 0.2], rtol=1e-7)
+  x0 = 0.7 + discrete.heavy_ball_map(-0.5, beta=0.0, k=0.03, steps=200)
+  np.testing.assert_allclose(
+    discrete.kappa_from_log_decay(x0[t], eta=0.1, r_star=0.7, t=t), 0.3, rtol=1e-12
+  )
+  with pytest.raises(ValueError, match='shape'):
+    discrete.kappa_from_trajectory(x[t], eta=0.1, beta=0.9, t=t[:-1])
+  with pytest.raises(ValueError, match='strictly increasing'):
+    discrete.kappa_from_trajectory(x[t], eta=0.1, beta=0.9, t=t[::-1])
 
 
 @pytest.mark.parametrize('bad', [1.0, -0.1, float('nan')])

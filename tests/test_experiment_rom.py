@@ -25,12 +25,12 @@ def _entry_point(name):
   return module
 
 
-def _write_run(directory, train_y, eval_y=None):
+def _write_run(directory, train_y, eval_y=None, *, eval_every=1):
   """A run's metrics.jsonl: train rows at steps 1..N (sampled after step - 1 updates) and
-  evaluation rows at steps 0..N-1 (after `step` updates)."""
+  evaluation rows at steps 0, e, 2e, ... < N (after `step` updates)."""
   with MetricsWriter(directory, tensorboard=False) as w:
     for i, r in enumerate(train_y):
-      if eval_y is not None:
+      if eval_y is not None and i % eval_every == 0:
         w.write({'step': i, 'eval/greedy_acc': eval_y[i], 'eval/avg_at_k': eval_y[i]})
       w.write(
         {
@@ -167,6 +167,7 @@ def test_exact_mapping_claim_is_checked_against_the_config():
 # ----------------------------------------------------------------------------- prediction
 
 KAPPA0, R0, R_STAR = 0.3, 0.2, 0.7
+EVAL_EVERY = 3  # held-out rows every 3 updates: the routes read non-consecutive times
 
 
 def _map_curve(cfg, group_size, steps):
@@ -187,7 +188,8 @@ def predict_study(tmp_path_factory):
   for arm, g, seed, n in dict.fromkeys(spec.runs()):  # two routes may read one run
     y = _map_curve(spec.arm_config(arm), g, n)
     truth[(arm.key, g)] = y
-    _write_run(study.run_dir(out, arm, g, seed), y + (-0.01, 0.01)[seed])
+    y_seed = y + (-0.01, 0.01)[seed]
+    _write_run(study.run_dir(out, arm, g, seed), y_seed, y_seed, eval_every=EVAL_EVERY)
   module = _entry_point('rom_predict')
   results = module.main(
     ['--quick', '--out', out, '--analyze-only', '--steps', str(steps), '--seeds', '0', '1']
@@ -196,7 +198,7 @@ def predict_study(tmp_path_factory):
 
 
 def test_kappa_routes_recover_kappa0_on_the_exact_map(predict_study):
-  cals = predict_study['results']['calibrations']
+  cals = predict_study['results']['signals']['train']['calibrations']
   # AR(2): a linear least-squares solve, exact to rounding.
   np.testing.assert_allclose(cals['ar2']['kappa0'], KAPPA0, rtol=1e-9)
   np.testing.assert_allclose(cals['ar2']['r_star'], R_STAR, rtol=1e-9)
@@ -208,12 +210,19 @@ def test_kappa_routes_recover_kappa0_on_the_exact_map(predict_study):
   np.testing.assert_allclose(cals['trajectory']['kappa0'], KAPPA0, rtol=1e-7)
   np.testing.assert_allclose(cals['trajectory']['r_star'], R_STAR, rtol=1e-8)
   np.testing.assert_allclose(cals['trajectory']['r0'], R0, rtol=1e-7)
+  # The held-out curve, every EVAL_EVERY updates: no AR(2); the other two read the times.
+  held_out = predict_study['results']['signals']['eval']['calibrations']
+  assert set(held_out) == {'log_decay', 'trajectory'}
+  np.testing.assert_array_equal(held_out['trajectory']['curve']['t'], np.arange(0, STEPS, 3))
+  np.testing.assert_allclose(held_out['trajectory']['kappa0'], KAPPA0, rtol=1e-7)
+  np.testing.assert_allclose(held_out['trajectory']['r_star'], R_STAR, rtol=1e-8)
+  np.testing.assert_allclose(held_out['log_decay']['kappa0'], KAPPA0, rtol=1e-6)
 
 
 def test_exact_map_prediction_reproduces_the_held_out_run(predict_study):
   res, spec = predict_study['results'], predict_study['spec']
   (target,) = spec.targets
-  (entry,) = res['targets']
+  (entry,) = res['signals']['train']['targets']
   want = predict_study['truth'][(target.arm.key, target.group_size)]
   np.testing.assert_allclose(entry['measured'], want, rtol=0, atol=1e-15)
   ar2, log_decay = entry['routes']['ar2'], entry['routes']['log_decay']
@@ -225,13 +234,22 @@ def test_exact_map_prediction_reproduces_the_held_out_run(predict_study):
   )
   # The continuous model is only an approximation at beta = 0.5 (PAPERS.md §5).
   assert ar2['ode']['rel_rmse'] > 1e-3
+  (held_out,) = res['signals']['eval']['targets']
+  np.testing.assert_allclose(held_out['t'], np.arange(0, STEPS, EVAL_EVERY))
+  traj = held_out['routes']['trajectory']
+  np.testing.assert_allclose(traj['predicted'], want[::EVAL_EVERY], rtol=0, atol=1e-8)
 
 
 def test_prediction_table_structure(predict_study):
   res = predict_study['results']
   table = res['tables']['predict']
   labels = [label for label, _ in table['rows']]
-  assert labels == [f'{t["label"]} <- {route}' for t in res['targets'] for route in study.ROUTES]
+  assert labels == [
+    f'{t["label"]}, {signal} <- {route}'
+    for signal in ('train', 'eval')
+    for t in res['signals'][signal]['targets']
+    for route in (study.ROUTES if signal == 'train' else ('log_decay', 'trajectory'))
+  ]
   assert all(len(cells) == len(table['columns']) for _, cells in table['rows'])
   assert all(all(p is None for p in table['paper'][label]) for label in labels)
   saved = json.loads(pathlib.Path(predict_study['out'], 'rom_predict.json').read_text())
@@ -251,6 +269,7 @@ def test_an_unstable_predicted_map_is_reported_as_diverging(tmp_path):
     calibrations=(study.Calibration('ar2', cal_arm, 2, STEPS),),
     targets=(study.Target(target_arm, 4),),
     seeds=(0, 1),
+    signals=('train',),
   )
   s2 = float(discrete.advantage_scale(R_STAR, 2, normalize='std', ddof=0))
   cal_y = R_STAR + discrete.heavy_ball_map(R0 - R_STAR, beta=0.5, k=0.05 * s2 * kappa0,
@@ -260,8 +279,9 @@ def test_an_unstable_predicted_map_is_reported_as_diverging(tmp_path):
     _write_run(study.run_dir(str(tmp_path), cal_arm, 2, seed), cal_y + (-0.01, 0.01)[seed])
     _write_run(study.run_dir(str(tmp_path), target_arm, 4, seed), target_y)
   res = study.analyze_predict(spec, str(tmp_path))
-  np.testing.assert_allclose(res['calibrations']['ar2']['kappa0'], kappa0, rtol=1e-9)
-  route = res['targets'][0]['routes']['ar2']
+  block = res['signals']['train']
+  np.testing.assert_allclose(block['calibrations']['ar2']['kappa0'], kappa0, rtol=1e-9)
+  route = block['targets'][0]['routes']['ar2']
   assert route['regime'] == 'unstable' and route['diverges']
   assert route['k'] > 2 * (1 + 0.5)
   assert route['map'] == {'rmse': None, 'max_abs': None, 'rel_rmse': None}

@@ -164,7 +164,7 @@ def kappa_from_ar2(rewards, *, eta, beta=None, r_star=None) -> AR2Fit:
   return AR2Fit(a=a, b=b, k=k, kappa=k / eta, beta_implied=-b, r_star=rs)
 
 
-def kappa_from_log_decay(rewards, *, eta, r_star):
+def kappa_from_log_decay(rewards, *, eta, r_star, t=None):
   """Stiffness at ``beta = 0`` from the per-step log-decay ``r``: ``kappa = (1 - e^{-r}) / eta``.
 
   At ``beta = 0`` the map is ``x_{t+1} = (1 - k) x_t``, so ``ln|x_t|`` falls by ``r = -ln(1-k)``
@@ -174,6 +174,7 @@ def kappa_from_log_decay(rewards, *, eta, r_star):
     rewards: ``[T]`` rewards (``T >= 4``) of a ``beta = 0`` run.
     eta: learning rate.
     r_star: the fixed point.
+    t: ``[T]`` increasing integer update counts of the rewards; default ``0..T-1``.
 
   Returns:
     ``kappa``.
@@ -183,7 +184,7 @@ def kappa_from_log_decay(rewards, *, eta, r_star):
   x = np.abs(r - r_star)
   if np.any(x <= 0):
     raise ValueError('`rewards` touches `r_star`; the log-decay needs |R - R*| > 0 throughout')
-  slope = np.polyfit(np.arange(x.size, dtype=float), np.log(x), 1)[0]
+  slope = np.polyfit(_update_counts(t, r.size).astype(float), np.log(x), 1)[0]
   return (1.0 - math.exp(slope)) / eta
 
 
@@ -197,7 +198,7 @@ class TrajectoryFit(NamedTuple):
   rmse: float
 
 
-def kappa_from_trajectory(rewards, *, eta, beta, grid=400) -> TrajectoryFit:
+def kappa_from_trajectory(rewards, *, eta, beta, t=None, grid=400) -> TrajectoryFit:
   """Stiffness from the whole curve by output-error least squares on the exact map.
 
   The AR(2) route regresses each reward on the two before it; measurement noise in those
@@ -207,11 +208,15 @@ def kappa_from_trajectory(rewards, *, eta, beta, grid=400) -> TrajectoryFit:
   ``h = heavy_ball_map(1, beta, k)``, is fitted instead: for a fixed ``k`` the model is
   linear in ``(R*, R0)``, so ``k`` is profiled over a log grid on the stable range
   ``(0, 2 (1 + beta))`` and refined by a bounded scalar search. The momentum is known.
+  Unlike AR(2), the curve may be sampled at any update counts (an evaluation every d
+  updates), since the trajectory is simulated at every update and read at ``t``.
 
   Args:
-    rewards: ``[T]`` rewards (``T >= 8``) from the start of the run.
+    rewards: ``[T]`` rewards (``T >= 4``).
     eta: learning rate.
     beta: the momentum used.
+    t: ``[T]`` strictly increasing non-negative integer update counts of the rewards, counted
+      from the start of the run (``R0`` is the reward at ``t = 0``); default ``0..T-1``.
     grid: log-grid points of the profile search.
 
   Returns:
@@ -219,13 +224,13 @@ def kappa_from_trajectory(rewards, *, eta, beta, grid=400) -> TrajectoryFit:
   """
   from scipy.optimize import minimize_scalar
 
-  r = _as_curve(rewards, 'rewards', min_len=8)
+  r = _as_curve(rewards, 'rewards', min_len=4)
   _check_positive(eta, 'eta')
   _check_beta(beta)
-  steps = r.size - 1
+  ts = _update_counts(t, r.size)
 
   def solve(k):
-    h = heavy_ball_map(1.0, beta=beta, k=k, steps=steps)
+    h = heavy_ball_map(1.0, beta=beta, k=k, steps=int(ts[-1]))[ts]
     design = np.stack([1.0 - h, h], axis=1)  # columns multiply R*, R0
     coef, *_ = np.linalg.lstsq(design, r, rcond=None)
     return coef, float(np.sum((design @ coef - r) ** 2))
@@ -242,6 +247,17 @@ def kappa_from_trajectory(rewards, *, eta, beta, grid=400) -> TrajectoryFit:
   return TrajectoryFit(
     k=k, kappa=k / eta, r_star=float(r_star), r0=float(r0), rmse=math.sqrt(sse_k / r.size)
   )
+
+
+def _update_counts(t, size):
+  if t is None:
+    return np.arange(size)
+  ts = np.asarray(t, dtype=float)
+  if ts.shape != (size,):
+    raise ValueError(f'`t` must have shape ({size},) like the rewards, got {ts.shape}')
+  if np.any(ts < 0) or np.any(ts != np.round(ts)) or np.any(np.diff(ts) <= 0):
+    raise ValueError('`t` must hold strictly increasing non-negative integer update counts')
+  return ts.astype(int)
 
 
 def _as_curve(values, name, *, min_len):

@@ -61,6 +61,7 @@ PAPER_NOTES = (
 
 SIGNALS = ('train', 'eval')
 ROUTES = ('log_decay', 'ar2', 'trajectory')
+MIN_CALIBRATION_POINTS = 8
 MAPPING_EXACT = 'exact'
 MAPPING_NONE = 'none validated'
 
@@ -206,6 +207,8 @@ class PredictSpec:
     seeds: the curves are seed-averaged.
     gap_frac: the log-decay window ends where |R − R*| first falls below this fraction of
       the initial gap (near saturation, not the far tail; PAPERS.md §5).
+    signals: curves calibrated on and predicted: 'train' (batch reward, every update)
+      and/or 'eval' (held-out accuracy every `eval.every` updates).
   """
 
   name: str
@@ -214,9 +217,12 @@ class PredictSpec:
   targets: tuple[Target, ...]
   seeds: tuple[int, ...] = (0, 1, 2)
   gap_frac: float = 0.2
+  signals: tuple[str, ...] = SIGNALS
 
   def __post_init__(self):
     _check_seeds('PredictSpec', self.seeds)
+    if not self.signals or not set(self.signals) <= set(SIGNALS):
+      raise ValueError(f'PredictSpec.signals: a non-empty subset of {SIGNALS}, got {self.signals}')
     for arm in (*(c.arm for c in self.calibrations), *(t.arm for t in self.targets)):
       if not arm.exact_mapping:
         raise ValueError(
@@ -280,6 +286,7 @@ class PredictSpec:
       ],
       'seeds': list(self.seeds),
       'gap_frac': self.gap_frac,
+      'signals': list(self.signals),
     }
 
   def runs(self):
@@ -908,8 +915,9 @@ def calibrate(
       whole curve by output-error least squares: k, R* and R0 together.
 
   Args:
-    t_N: update counts, consecutive integers (the map's time step).
-    y_N: the seed-averaged reward.
+    t_N: integer update counts from the start of the run (consecutive for 'ar2'; any
+      increasing counts, e.g. evaluations every 10 updates, for the other routes).
+    y_N: the seed-averaged reward (or held-out accuracy).
     route: one of `ROUTES`.
     beta, eta, group_size: the calibration run's momentum, learning rate and G.
     normalize, ddof: the advantage convention of s(R, G).
@@ -919,13 +927,15 @@ def calibrate(
     dict with kappa, kappa0, k, s, r_star, r0 (and the route's own diagnostics).
   """
   t, y = np.asarray(t_N, np.float64), np.asarray(y_N, np.float64)
-  if t.size < fit_lib.MIN_POINTS or np.any(np.diff(t) != 1):
-    raise ValueError(
-      f'calibration curve needs >= {fit_lib.MIN_POINTS} points at consecutive updates, got '
-      f'{t.size} points with steps {np.unique(np.diff(t)).tolist()}'
-    )
   if route not in ROUTES:
     raise ValueError(f'`route` must be one of {ROUTES}, got {route!r}')
+  if t.size < MIN_CALIBRATION_POINTS:
+    raise ValueError(f'calibration curve needs >= {MIN_CALIBRATION_POINTS} points, got {t.size}')
+  if route == 'ar2' and np.any(np.diff(t) != 1):
+    raise ValueError(
+      'the AR(2) route needs the reward at consecutive updates, got steps '
+      f'{np.unique(np.diff(t)).tolist()}'
+    )
   out: dict[str, Any] = {'route': route}
   if route == 'log_decay':
     if beta != 0:
@@ -937,10 +947,10 @@ def calibrate(
     below = np.flatnonzero(gap < gap_frac * abs(r0 - r_star))
     end = int(below[0]) if below.size else y.size
     end = max(end, 4)
-    kappa = discrete.kappa_from_log_decay(y[:end], eta=eta, r_star=r_star)
+    kappa = discrete.kappa_from_log_decay(y[:end], eta=eta, r_star=r_star, t=t[:end])
     out['window'] = end
   elif route == 'trajectory':
-    traj = discrete.kappa_from_trajectory(y, eta=eta, beta=beta)
+    traj = discrete.kappa_from_trajectory(y, eta=eta, beta=beta, t=t)
     kappa, r_star, r0 = traj.kappa, traj.r_star, traj.r0
     out['rmse'] = traj.rmse
   else:
@@ -984,94 +994,107 @@ def _errors(y, pred, rise):
   return {'rmse': rmse, 'max_abs': float(np.max(np.abs(err))), 'rel_rmse': rmse / rise}
 
 
-def analyze_predict(spec: PredictSpec, out: str) -> dict[str, Any]:
-  """Calibrates κ on the short runs and predicts every held-out target; reports the error."""
-  out = os.path.abspath(out)
-  cals, cal_curves = {}, {}
+def _check_map_config(cfg: config_lib.TrainConfig) -> tuple[str, int]:
+  conv = _advantage_convention(cfg)
+  if conv is None:
+    raise ValueError(f'loss preset {cfg.loss.preset!r}: s(R, G) needs std or mean advantages')
+  if cfg.batch.updates_per_rollout != 1:
+    raise ValueError(
+      f'the heavy-ball map needs one update per rollout (d = 1), got '
+      f'{cfg.batch.updates_per_rollout}'
+    )
+  return conv
+
+
+def _calibrations(spec: PredictSpec, out: str, signal: str) -> dict[str, dict]:
+  """κ by every route that applies to `signal` (AR(2) needs the per-update train curve)."""
+  cals = {}
   for c in spec.calibrations:
+    if c.route == 'ar2' and signal != 'train':
+      continue
     cfg = spec.arm_config(c.arm)
-    conv = _advantage_convention(cfg)
-    if conv is None:
-      raise ValueError(f'loss preset {cfg.loss.preset!r}: s(R, G) needs std or mean advantages')
-    if cfg.batch.updates_per_rollout != 1:
-      raise ValueError(
-        f'the heavy-ball map needs one update per rollout (d = 1), got '
-        f'{cfg.batch.updates_per_rollout}'
-      )
-    dirs = [run_dir(out, c.arm, c.group_size, s) for s in spec.seeds]
-    curve = seed_curve(dirs, 'train')
-    cal_curves[c.route] = curve
-    info = {'label': f'{c.arm.label}, G={c.group_size}', 'steps': c.steps}
+    normalize, ddof = _check_map_config(cfg)
+    curve = seed_curve([run_dir(out, c.arm, c.group_size, s) for s in spec.seeds], signal)
+    info = {'label': f'{c.arm.label}, G={c.group_size}', 'steps': c.steps, 'curve': curve}
     try:
       cals[c.route] = info | calibrate(
-        curve['t'],
-        curve['mean'],
-        route=c.route,
-        beta=cfg.optim.momentum,
-        eta=cfg.optim.lr,
-        group_size=c.group_size,
-        normalize=conv[0],
-        ddof=conv[1],
-        gap_frac=spec.gap_frac,
-      )
+        curve['t'], curve['mean'], route=c.route, beta=cfg.optim.momentum, eta=cfg.optim.lr,
+        group_size=c.group_size, normalize=normalize, ddof=ddof, gap_frac=spec.gap_frac,
+      )  # fmt: skip
     except ValueError as e:  # reported in the table, not hidden: a failed route is a result
       cals[c.route] = info | {'route': c.route, 'error': str(e)}
-  targets = []
-  for target in spec.targets:
-    cfg = spec.arm_config(target.arm)
-    normalize, ddof = _advantage_convention(cfg) or ('std', 0)
-    dirs = [run_dir(out, target.arm, target.group_size, s) for s in spec.seeds]
-    c = seed_curve(dirs, 'train')
-    measured_fit = fit_signal(c['t'], c['mean'], r_max=_r_max(cfg, 'train'), n_bootstrap=0)
-    # The scale of every error: the target's own rise (its fitted |R* - R0|, the smoothed
-    # range when the fit failed), never a calibration's, which may be far off.
-    own = np.asarray(measured_fit.get('fitted', common.smooth(c['mean'], window=9)), float)
-    rise = abs(float(own[-1] - own[0])) or float(np.ptp(own)) or 1.0
-    floor = float(np.sqrt(np.mean((own - np.asarray(c['mean'], float)) ** 2)))
-    entry = {
-      'arm': target.arm.key,
-      'label': f'{target.arm.label}, G={target.group_size}',
-      'beta': cfg.optim.momentum,
-      'eta': cfg.optim.lr,
-      'group_size': target.group_size,
-      't': c['t'],
-      'measured': c['mean'],
-      'measured_std': c['std'],
-      'measured_fit': {k: measured_fit.get(k) for k in ('regime', 'params', 'r2', 'exponential')},
-      'rise': rise,
-      'rmse_own_fit': floor,
-      'routes': {},
-    }
-    for route, cal in cals.items():
-      if 'error' in cal:
-        entry['routes'][route] = {'error': cal['error']}
-        continue
-      p, exact, ode = predict_curve(
-        cal, c['t'], beta=cfg.optim.momentum, eta=cfg.optim.lr, group_size=target.group_size,
-        normalize=normalize, ddof=ddof,
-      )  # fmt: skip
-      # An unstable map predicts a growing deviation; its "error" against a bounded measured
-      # curve is a number without meaning, so the route reports that it diverges instead.
-      diverges = p.regime == 'unstable'
-      map_errors = dict.fromkeys(('rmse', 'max_abs', 'rel_rmse')) if diverges else None
-      entry['routes'][route] = {
-        'k': p.k,
-        's': p.s,
-        'regime': p.regime,
-        'time_constant': p.time_constant,
-        'ode_time_constant': p.ode_time_constant,
-        'predicted': exact,
-        'predicted_ode': ode,
-        'diverges': diverges,
-        'map': map_errors or _errors(c['mean'], exact, rise),
-        'ode': _errors(c['mean'], ode, rise),
-      }
-    targets.append(entry)
-  results = {
-    'spec': spec.to_dict(),
-    'calibrations': {route: {'curve': cal_curves[route], **cal} for route, cal in cals.items()},
-    'targets': targets,
+  return cals
+
+
+def _predict_target(spec: PredictSpec, out: str, target: Target, signal: str, cals) -> dict:
+  cfg = spec.arm_config(target.arm)
+  normalize, ddof = _check_map_config(cfg)
+  c = seed_curve([run_dir(out, target.arm, target.group_size, s) for s in spec.seeds], signal)
+  measured_fit = fit_signal(c['t'], c['mean'], r_max=_r_max(cfg, signal), n_bootstrap=0)
+  # The scale of every error: the target's own rise (its fitted |R* - R0|, the smoothed
+  # range when the fit failed), never a calibration's, which may be far off.
+  own = np.asarray(measured_fit.get('fitted', common.smooth(c['mean'], window=9)), float)
+  rise = abs(float(own[-1] - own[0])) or float(np.ptp(own)) or 1.0
+  entry = {
+    'arm': target.arm.key,
+    'label': f'{target.arm.label}, G={target.group_size}',
+    'signal': signal,
+    'beta': cfg.optim.momentum,
+    'eta': cfg.optim.lr,
+    'group_size': target.group_size,
+    't': c['t'],
+    'measured': c['mean'],
+    'measured_std': c['std'],
+    'measured_fit': {k: measured_fit.get(k) for k in ('regime', 'params', 'r2', 'exponential')},
+    'rise': rise,
+    'rmse_own_fit': float(np.sqrt(np.mean((own - np.asarray(c['mean'], float)) ** 2))),
+    'routes': {},
   }
+  for route, cal in cals.items():
+    if 'error' in cal:
+      entry['routes'][route] = {'error': cal['error']}
+      continue
+    p, exact, ode = predict_curve(
+      cal, c['t'], beta=cfg.optim.momentum, eta=cfg.optim.lr, group_size=target.group_size,
+      normalize=normalize, ddof=ddof,
+    )  # fmt: skip
+    # An unstable map predicts a growing deviation; its "error" against a bounded measured
+    # curve is a number without meaning, so the route reports that it diverges instead.
+    diverges = p.regime == 'unstable'
+    map_errors = dict.fromkeys(('rmse', 'max_abs', 'rel_rmse')) if diverges else None
+    entry['routes'][route] = {
+      'k': p.k,
+      's': p.s,
+      'regime': p.regime,
+      'time_constant': p.time_constant,
+      'ode_time_constant': p.ode_time_constant,
+      'predicted': exact,
+      'predicted_ode': ode,
+      'diverges': diverges,
+      'map': map_errors or _errors(c['mean'], exact, rise),
+      'ode': _errors(c['mean'], ode, rise),
+    }
+  return entry
+
+
+def analyze_predict(spec: PredictSpec, out: str) -> dict[str, Any]:
+  """Calibrates κ on the short runs and predicts every held-out target; reports the error.
+
+  Done per signal: the seed-averaged training reward (every update; all routes) and the
+  held-out accuracy (every `eval.every` updates, many prompts, far less noise; the
+  log-decay and trajectory routes).
+
+  Returns:
+    `{'spec', 'signals': {signal: {'calibrations': {route: ...}, 'targets': [...]}},
+    'tables'}`, JSON-ready.
+  """
+  out = os.path.abspath(out)
+  signals = {}
+  for signal in spec.signals:
+    cals = _calibrations(spec, out, signal)
+    targets = [_predict_target(spec, out, t, signal, cals) for t in spec.targets]
+    signals[signal] = {'calibrations': cals, 'targets': targets}
+  results = {'spec': spec.to_dict(), 'signals': signals}
   results['tables'] = {'predict': predict_table(spec, results)}
   return common.json_ready(results)
 
@@ -1082,59 +1105,57 @@ def predict_table(spec: PredictSpec, results: dict) -> dict:
     'RMSE map', 'rel map', 'RMSE ODE', 'rel ODE',
   ]  # fmt: skip
   rows, paper = [], {}
-  cals = results['calibrations']
-  for tgt in results['targets']:
-    mf = tgt['measured_fit']
-    tau_fit = None if not mf.get('exponential') else mf['exponential']['tau']
-    r_fit = None if not mf.get('params') else mf['params']['r_star']
-    for route, r in tgt['routes'].items():
-      label = f'{tgt["label"]} <- {route}'
-      if 'error' in r:
-        cells = [common.NA] * len(columns)
-        cells[2] = 'calibration failed'
-        cells[4] = common.fmt_num(tau_fit, digits=1)
-        cells[6] = common.fmt_num(r_fit, digits=3)
-        cells[7] = common.fmt_num(tgt['rmse_own_fit'], digits=4)
-        rows.append((label, cells))
+  for signal, block in results['signals'].items():
+    cals = block['calibrations']
+    for tgt in block['targets']:
+      mf = tgt['measured_fit']
+      tau_fit = None if not mf.get('exponential') else mf['exponential']['tau']
+      r_fit = None if not mf.get('params') else mf['params']['r_star']
+      for route, r in tgt['routes'].items():
+        label = f'{tgt["label"]}, {signal} <- {route}'
         paper[label] = [None] * len(columns)
-        continue
-      rows.append(
-        (
-          label,
-          [
-            common.fmt_num(cals[route]['kappa0'], digits=3),
-            common.fmt_num(r['k'], digits=4),
-            r['regime'],
-            common.fmt_num(r['time_constant'], digits=1),
-            common.fmt_num(tau_fit, digits=1),
-            common.fmt_num(cals[route]['r_star'], digits=3),
-            common.fmt_num(r_fit, digits=3),
-            common.fmt_num(tgt['rmse_own_fit'], digits=4),
-            'diverges' if r['diverges'] else common.fmt_num(r['map']['rmse'], digits=4),
-            'diverges'
-            if r['diverges']
-            else common.fmt_num(r['map']['rel_rmse'], digits=1, scale=100, suffix='%'),
-            common.fmt_num(r['ode']['rmse'], digits=4),
-            common.fmt_num(r['ode']['rel_rmse'], digits=1, scale=100, suffix='%'),
-          ],
+        if 'error' in r:
+          cells = [common.NA] * len(columns)
+          cells[2] = 'calibration failed'
+          cells[4] = common.fmt_num(tau_fit, digits=1)
+          cells[6] = common.fmt_num(r_fit, digits=3)
+          cells[7] = common.fmt_num(tgt['rmse_own_fit'], digits=4)
+          rows.append((label, cells))
+          continue
+        diverges = 'diverges' if r['diverges'] else None
+        rows.append(
+          (
+            label,
+            [
+              common.fmt_num(cals[route]['kappa0'], digits=3),
+              common.fmt_num(r['k'], digits=4),
+              r['regime'],
+              common.fmt_num(r['time_constant'], digits=1),
+              common.fmt_num(tau_fit, digits=1),
+              common.fmt_num(cals[route]['r_star'], digits=3),
+              common.fmt_num(r_fit, digits=3),
+              common.fmt_num(tgt['rmse_own_fit'], digits=4),
+              diverges or common.fmt_num(r['map']['rmse'], digits=4),
+              diverges or common.fmt_num(r['map']['rel_rmse'], digits=1, scale=100, suffix='%'),
+              common.fmt_num(r['ode']['rmse'], digits=4),
+              common.fmt_num(r['ode']['rel_rmse'], digits=1, scale=100, suffix='%'),
+            ],
+          )
         )
-      )
-      paper[label] = [None] * len(columns)
   return {'columns': columns, 'rows': rows, 'paper': paper}
 
 
 def format_predict_table(results: dict) -> str:
   spec = results['spec']
-  cal_text = '; '.join(
-    f'{route}: {c["steps"]} steps of {c["label"]} -> '
-    + (c['error'] if 'error' in c else f'kappa0 {c["kappa0"]:.4g}, R* {c["r_star"]:.3f}')
-    for route, c in results['calibrations'].items()
-  )
-  head = (
-    f"prediction check '{spec['name']}' ({len(spec['seeds'])} seeds averaged). Calibrations: "
-    f'{cal_text}. Targets predicted from (beta, eta, G) by the exact heavy-ball map, '
-    'k = eta s(R*, G) kappa0.'
-  )
+  lines = [
+    f"prediction check '{spec['name']}' ({len(spec['seeds'])} seeds averaged). Targets "
+    'predicted from (beta, eta, G) by the exact heavy-ball map, k = eta s(R*, G) kappa0. '
+    'Calibrations:'
+  ]
+  for signal, block in results['signals'].items():
+    for route, c in block['calibrations'].items():
+      got = c['error'] if 'error' in c else f'kappa0 {c["kappa0"]:.4g}, R* {c["r_star"]:.3f}'
+      lines.append(f'  {signal} <- {route}: {c["steps"]} steps of {c["label"]} -> {got}')
   t = results['tables']['predict']
   table = common.format_table(
     "Prediction of held-out reward curves (tau in updates; rel = RMSE / the target's own "
@@ -1147,9 +1168,11 @@ def format_predict_table(results: dict) -> str:
       'it gives no number for the prediction error.',
       "R* is the calibration's (assumes the fixed point does not move with G, beta, eta; with "
       'a KL anchor it does move with G, PAPERS.md §5).',
+      'train: seed-averaged batch reward at every update; eval: held-out accuracy every '
+      'eval.every updates (AR(2) needs consecutive updates and runs on train only).',
     ],
   )
-  return f'{head}\n\n{table}'
+  return '\n'.join(lines) + f'\n\n{table}'
 
 
 def plot_predict(results: dict, path: str) -> str:
@@ -1158,22 +1181,24 @@ def plot_predict(results: dict, path: str) -> str:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  targets = results['targets']
-  fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 3.5), squeeze=False)
-  for ax, tgt in zip(axes[0], targets):
-    t, m, s = (np.asarray(tgt[k], float) for k in ('t', 'measured', 'measured_std'))
-    ax.plot(t, m, 'k.', ms=3, label='measured (seed mean)')
-    ax.fill_between(t, m - s, m + s, color='k', alpha=0.1, lw=0)
-    for i, (route, r) in enumerate(tgt['routes'].items()):
-      if 'error' in r:
-        continue
-      if r['diverges']:  # the growing map would set the axis scale; name it in the legend
-        ax.plot([], [], color=f'C{i}', label=f'map <- {route}: diverges')
-      else:
-        ax.plot(t, r['predicted'], color=f'C{i}', label=f'map <- {route}')
-      ax.plot(t, r['predicted_ode'], ':', color=f'C{i}', label=f'ODE <- {route}')
-    ax.set(xlabel='optimizer updates', ylabel='train reward', title=tgt['label'])
-    ax.legend(fontsize=7)
+  blocks = list(results['signals'].items())
+  n = max(len(b['targets']) for _, b in blocks)
+  fig, axes = plt.subplots(len(blocks), n, figsize=(5 * n, 3.5 * len(blocks)), squeeze=False)
+  for row, (signal, block) in zip(axes, blocks):
+    for ax, tgt in zip(row, block['targets']):
+      t, m, s = (np.asarray(tgt[k], float) for k in ('t', 'measured', 'measured_std'))
+      ax.plot(t, m, 'k.', ms=3, label='measured (seed mean)')
+      ax.fill_between(t, m - s, m + s, color='k', alpha=0.1, lw=0)
+      for i, (route, r) in enumerate(tgt['routes'].items()):
+        if 'error' in r:
+          continue
+        if r['diverges']:  # the growing map would set the axis scale; name it in the legend
+          ax.plot([], [], color=f'C{i}', label=f'map <- {route}: diverges')
+        else:
+          ax.plot(t, r['predicted'], color=f'C{i}', label=f'map <- {route}')
+        ax.plot(t, r['predicted_ode'], ':', color=f'C{i}', label=f'ODE <- {route}')
+      ax.set(xlabel='optimizer updates', ylabel=signal, title=tgt['label'])
+      ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
