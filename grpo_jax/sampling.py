@@ -378,16 +378,35 @@ def _check_inputs(prompts_BP, prompt_valid_BP, prompt_ids_B, sample_ids_B) -> No
       raise ValueError(f'`{name}` must hold integers, got dtype {ids.dtype}')
   if isinstance(prompt_valid_BP, jax.core.Tracer):
     return
-  valid = np.asarray(prompt_valid_BP)
-  empty = np.flatnonzero(~valid.any(axis=-1))
-  if empty.size:
-    raise ValueError(f'`prompt_valid_BP`: rows {empty.tolist()} have no valid prompt token')
-  not_left = np.flatnonzero((np.diff(valid.astype(np.int8), axis=-1) < 0).any(axis=-1))
-  if not_left.size:
+  empty, not_left = [], []
+  for first_row, valid in _local_rows(prompt_valid_BP):
+    empty += (first_row + np.flatnonzero(~valid.any(axis=-1))).tolist()
+    steps_down = (np.diff(valid.astype(np.int8), axis=-1) < 0).any(axis=-1)
+    not_left += (first_row + np.flatnonzero(steps_down)).tolist()
+  if empty:
+    raise ValueError(f'`prompt_valid_BP`: rows {sorted(set(empty))} have no valid prompt token')
+  if not_left:
     raise ValueError(
-      f'`prompt_valid_BP`: rows {not_left.tolist()} are not left-padded (a valid token is '
+      f'`prompt_valid_BP`: rows {sorted(set(not_left))} are not left-padded (a valid token is '
       'followed by padding)'
     )
+
+
+def _local_rows(x_BP: jax.Array) -> list[tuple[int, np.ndarray]]:
+  """`(first row, rows)` blocks of `x_BP` this process holds, whole along the last axis.
+
+  In a multi-process run a batch spans devices of other processes and cannot be fetched;
+  each process checks the rows it holds, so every row is checked by some process.
+  """
+  if x_BP.is_fully_addressable:
+    return [(0, np.asarray(x_BP))]
+  blocks = {}
+  for shard in x_BP.addressable_shards:
+    rows, cols = shard.index[0], shard.index[-1]
+    if cols != slice(None) and (cols.start, cols.stop) != (0, x_BP.shape[-1]):
+      continue  # split along the prompt: the left-padding check needs whole rows
+    blocks.setdefault(rows.start or 0, np.asarray(shard.data))
+  return sorted(blocks.items(), key=lambda kv: kv[0])
 
 
 def sample(

@@ -1081,9 +1081,14 @@ class Trainer:
     )
 
   def summary(self, progress) -> dict[str, Any]:
-    evals = [r for r in metrics_lib.read_metrics(self.out, kind='eval') if r['step'] > 0]
     before = progress['before_acc']
-    after = metrics_lib.summarize(evals) if evals else before
+    after = before
+    if jax.process_index() == 0:  # the metrics file (a resumed run's evaluations too)
+      evals = [r for r in metrics_lib.read_metrics(self.out, kind='eval') if r['step'] > 0]
+      after = metrics_lib.summarize(evals) if evals else before
+    if jax.process_count() > 1:  # other processes need not see process 0's files
+      shared = float(multihost_utils.broadcast_one_to_all(np.float32(after)))
+      after = after if jax.process_index() == 0 else shared  # float32 on the wire
     figure = metrics_lib.plot_run(self.out) if jax.process_index() == 0 else None
     result = {
       'before_acc': before,
