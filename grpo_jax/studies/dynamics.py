@@ -1189,9 +1189,10 @@ def plot_predict(results: dict, path: str) -> str:
       t, m, s = (np.asarray(tgt[k], float) for k in ('t', 'measured', 'measured_std'))
       ax.plot(t, m, 'k.', ms=3, label='measured (seed mean)')
       ax.fill_between(t, m - s, m + s, color='k', alpha=0.1, lw=0)
-      for i, (route, r) in enumerate(tgt['routes'].items()):
+      for route, r in tgt['routes'].items():
         if 'error' in r:
           continue
+        i = ROUTES.index(route)  # one colour per route in every panel
         if r['diverges']:  # the growing map would set the axis scale; name it in the legend
           ax.plot([], [], color=f'C{i}', label=f'map <- {route}: diverges')
         else:
