@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from grpo_jax.models import init_cache, left_padded_positions
 from grpo_jax.sharding import BATCH_AXES, constrain
@@ -383,12 +384,22 @@ def _check_inputs(prompts_BP, prompt_valid_BP, prompt_ids_B, sample_ids_B) -> No
     empty += (first_row + np.flatnonzero(~valid.any(axis=-1))).tolist()
     steps_down = (np.diff(valid.astype(np.int8), axis=-1) < 0).any(axis=-1)
     not_left += (first_row + np.flatnonzero(steps_down)).tolist()
-  if empty:
-    raise ValueError(f'`prompt_valid_BP`: rows {sorted(set(empty))} have no valid prompt token')
-  if not_left:
+  n_empty, n_not_left = len(empty), len(not_left)
+  if not prompt_valid_BP.is_fully_addressable:
+    # Every process raises together: one raising alone would leave the others waiting in
+    # the sampler's collectives. Each names the rows it holds.
+    counts = multihost_utils.process_allgather(np.array([n_empty, n_not_left], np.int32))
+    n_empty, n_not_left = np.asarray(counts).reshape(-1, 2).sum(axis=0).tolist()
+
+  def rows(local):
+    return f'rows {sorted(set(local))}' if local else 'rows held by another process'
+
+  if n_empty:
+    raise ValueError(f'`prompt_valid_BP`: {rows(empty)} have no valid prompt token')
+  if n_not_left:
     raise ValueError(
-      f'`prompt_valid_BP`: rows {sorted(set(not_left))} are not left-padded (a valid token is '
-      'followed by padding)'
+      f'`prompt_valid_BP`: {rows(not_left)} are not left-padded (a valid token is followed by '
+      'padding)'
     )
 
 
@@ -396,7 +407,8 @@ def _local_rows(x_BP: jax.Array) -> list[tuple[int, np.ndarray]]:
   """`(first row, rows)` blocks of `x_BP` this process holds, whole along the last axis.
 
   In a multi-process run a batch spans devices of other processes and cannot be fetched;
-  each process checks the rows it holds, so every row is checked by some process.
+  each process checks the rows it holds. Blocks split along the prompt axis are skipped
+  (the left-padding check needs whole rows); batches are split along rows only.
   """
   if x_BP.is_fully_addressable:
     return [(0, np.asarray(x_BP))]

@@ -1082,13 +1082,20 @@ class Trainer:
 
   def summary(self, progress) -> dict[str, Any]:
     before = progress['before_acc']
-    after = before
+    after, error = before, None
     if jax.process_index() == 0:  # the metrics file (a resumed run's evaluations too)
-      evals = [r for r in metrics_lib.read_metrics(self.out, kind='eval') if r['step'] > 0]
-      after = metrics_lib.summarize(evals) if evals else before
+      try:
+        evals = [r for r in metrics_lib.read_metrics(self.out, kind='eval') if r['step'] > 0]
+        after = metrics_lib.summarize(evals) if evals else before
+      except (OSError, ValueError) as e:
+        if jax.process_count() == 1:
+          raise
+        after, error = math.nan, e  # raised below on every process, not here alone
     if jax.process_count() > 1:  # other processes need not see process 0's files
-      shared = float(multihost_utils.broadcast_one_to_all(np.float32(after)))
-      after = after if jax.process_index() == 0 else shared  # float32 on the wire
+      after = _broadcast_float(after)
+      if math.isnan(after):
+        message = f'summary: process 0 could not read the evaluations in {self.out}'
+        raise RuntimeError(message) from error
     figure = metrics_lib.plot_run(self.out) if jax.process_index() == 0 else None
     result = {
       'before_acc': before,
@@ -1103,6 +1110,13 @@ class Trainer:
       with open(os.path.join(self.out, 'summary.json'), 'w', encoding='utf-8') as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def _broadcast_float(value: float) -> float:
+  """Process 0's float64 on every process, bit for bit (as two uint32 words: JAX's
+  collectives run without x64)."""
+  words = np.asarray([value], np.float64).view(np.uint32)
+  return float(np.asarray(multihost_utils.broadcast_one_to_all(words)).view(np.float64)[0])
 
 
 class _NoLog:

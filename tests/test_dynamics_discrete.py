@@ -94,6 +94,19 @@ def test_trajectory_and_log_decay_read_sampled_update_counts():
     discrete.kappa_from_trajectory(x[t], eta=0.1, beta=0.9, t=t[:-1])
   with pytest.raises(ValueError, match='strictly increasing'):
     discrete.kappa_from_trajectory(x[t], eta=0.1, beta=0.9, t=t[::-1])
+  with pytest.raises(ValueError, match='strictly increasing'):
+    discrete.kappa_from_trajectory(x[t], eta=0.1, beta=0.9, t=np.r_[t[:-1], np.inf])
+
+
+def test_trajectory_fit_refuses_curves_that_do_not_identify_k():
+  with pytest.raises(ValueError, match='flat'):
+    discrete.kappa_from_trajectory(np.full(50, 0.3), eta=0.1, beta=0.5)
+  # An undamped period-2 alternation: only the edge of stability, k -> 2 (1 + beta), comes
+  # near it, so the best k is the search range's ceiling.
+  with pytest.raises(ValueError, match='above end'):
+    discrete.kappa_from_trajectory(0.5 + 0.1 * (-1.0) ** np.arange(50), eta=0.1, beta=0.5)
+  with pytest.raises(ValueError, match='`grid`'):
+    discrete.kappa_from_trajectory(np.linspace(0, 1, 20), eta=0.1, beta=0.5, grid=2)
 
 
 @pytest.mark.parametrize('bad', [1.0, -0.1, float('nan')])

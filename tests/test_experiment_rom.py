@@ -185,7 +185,9 @@ def predict_study(tmp_path_factory):
   spec = study.quick_predict_spec(seeds=(0, 1), steps=steps)
   assert study._advantage_convention(spec.base) == ('std', 0)  # the 'grpo' loss preset
   truth = {}
-  for arm, g, seed, n in dict.fromkeys(spec.runs()):  # two routes may read one run
+  runs = spec.runs()
+  assert len(runs) == len(set(runs)) == 2 * 2 + 2  # the AR(2) and trajectory routes share one
+  for arm, g, seed, n in runs:
     y = _map_curve(spec.arm_config(arm), g, n)
     truth[(arm.key, g)] = y
     y_seed = y + (-0.01, 0.01)[seed]
@@ -310,6 +312,9 @@ def test_route_and_momentum_must_match():
       calibrations=(study.Calibration('ar2', arm, 4, 8),),
       targets=(study.Target(arm, 4),),
     )
+  with pytest.raises(ValueError, match='start at update 0'):
+    study.calibrate(np.arange(5.0, 25.0), np.linspace(0, 1, 20), route='trajectory', beta=0.5,
+                    eta=0.1, group_size=4)  # fmt: skip
   with pytest.raises(ValueError, match='consecutive updates'):
     study.calibrate(np.arange(0, 20, 2.0), np.linspace(0, 1, 10), route='ar2', beta=0.5,
                     eta=0.1, group_size=4)  # fmt: skip

@@ -54,8 +54,12 @@ cfg = tiny_cfg(out, *{run!r}, 'mesh.fsdp=4', 'mesh.tensor=2', 'mesh.distributed=
 trainer = T.Trainer(cfg, progress=False, log=lambda *_: None)
 summary = trainer.run()
 assert jax.process_count() == 2 and dict(trainer.mesh.shape)['fsdp'] == 4
+# Again with a before_acc of each process's own: only process 0 reads the evaluations, so
+# the two agree on after_acc only through the broadcast.
+again = trainer.summary({{'before_acc': 0.25 + 0.5 * pid, 'step': 2, 'updates': 4,
+                         'cum/time_s': 0.0}})
 with open(f'{{out}}/summary_p{{pid}}.json', 'w') as f:
-  json.dump(summary, f)
+  json.dump({{'run': summary, 'again': again}}, f)
 leaves = [multihost_utils.process_allgather(x, tiled=True) for x in jax.tree.leaves(trainer.params)]
 if pid == 0:
   np.savez(f'{{out}}/params.npz', *[np.asarray(x) for x in leaves])
@@ -144,5 +148,9 @@ def test_two_process_trainer_run_equals_single_process(tmp_path):
   evals_1, evals_2 = read_metrics(single.out, kind='eval'), read_metrics(out, kind='eval')
   assert [r['eval/greedy_acc'] for r in evals_2] == [r['eval/greedy_acc'] for r in evals_1]
   p0, p1 = (json.loads((out / f'summary_p{i}.json').read_text()) for i in (0, 1))
-  assert p0['after_acc'] == summary['after_acc'] and p0['figure'] and p1['figure'] is None
-  np.testing.assert_allclose(p1['after_acc'], p0['after_acc'], rtol=1e-6)  # broadcast
+  assert p0['run'] == {**summary, 'figure': p0['run']['figure'], 'time_s': p0['run']['time_s']}
+  assert p0['run']['figure'] and p1['run']['figure'] is None
+  assert p1['run']['after_acc'] == p0['run']['after_acc']
+  # Process 1's own before_acc (0.75) would be its after_acc without process 0's evaluations.
+  assert p0['again']['before_acc'] == 0.25 and p1['again']['before_acc'] == 0.75
+  assert p1['again']['after_acc'] == p0['again']['after_acc'] == summary['after_acc']

@@ -221,12 +221,19 @@ def kappa_from_trajectory(rewards, *, eta, beta, t=None, grid=400) -> Trajectory
 
   Returns:
     A :class:`TrajectoryFit`.
+
+  Raises:
+    ValueError: when the curve does not identify ``k``: flat (every ``k`` fits alike) or
+      best fitted at an end of the search range (a drift with no visible decay, or a decay
+      faster than the stable map allows).
   """
   from scipy.optimize import minimize_scalar
 
   r = _as_curve(rewards, 'rewards', min_len=4)
   _check_positive(eta, 'eta')
   _check_beta(beta)
+  if int(grid) < 3:
+    raise ValueError(f'`grid` must be >= 3, got {grid}')
   ts = _update_counts(t, r.size)
 
   def solve(k):
@@ -239,6 +246,15 @@ def kappa_from_trajectory(rewards, *, eta, beta, t=None, grid=400) -> Trajectory
   ks = np.geomspace(1e-5, k_hi, int(grid))
   sse = np.array([solve(k)[1] for k in ks])
   i = int(np.argmin(sse))
+  if not np.ptp(sse) > 1e-12 * float(np.sum(r**2)):
+    raise ValueError('the trajectory does not identify k: every k fits the curve alike (flat)')
+  if i in (0, ks.size - 1):
+    where = 'below' if i == 0 else 'above'
+    raise ValueError(
+      f'the trajectory does not identify k: the best fit lies at k = {ks[i]:.3g}, the {where} '
+      f'end of the searched range [{ks[0]:.3g}, {ks[-1]:.3g}] (no decay visible in the curve, '
+      'or one faster than the stable map)'
+    )
   lo, hi = ks[max(i - 1, 0)], ks[min(i + 1, ks.size - 1)]
   best = minimize_scalar(lambda lk: solve(math.exp(lk))[1], bounds=(math.log(lo), math.log(hi)),
                          method='bounded', options={'xatol': 1e-10})  # fmt: skip
@@ -255,8 +271,11 @@ def _update_counts(t, size):
   ts = np.asarray(t, dtype=float)
   if ts.shape != (size,):
     raise ValueError(f'`t` must have shape ({size},) like the rewards, got {ts.shape}')
-  if np.any(ts < 0) or np.any(ts != np.round(ts)) or np.any(np.diff(ts) <= 0):
-    raise ValueError('`t` must hold strictly increasing non-negative integer update counts')
+  bad = ~np.isfinite(ts) | (ts < 0) | (ts != np.round(ts))
+  if np.any(bad) or np.any(np.diff(ts) <= 0):
+    raise ValueError(
+      f'`t` must hold strictly increasing non-negative integer update counts, got {ts.tolist()}'
+    )
   return ts.astype(int)
 
 

@@ -290,10 +290,10 @@ class PredictSpec:
     }
 
   def runs(self):
-    """`(arm, G, seed, steps)` of every run, calibrations first."""
+    """`(arm, G, seed, steps)` of every run, calibrations first; routes may share a run."""
     out = [(c.arm, c.group_size, s, c.steps) for c in self.calibrations for s in self.seeds]
     out += [(t.arm, t.group_size, s, self.base.steps) for t in self.targets for s in self.seeds]
-    return out
+    return list(dict.fromkeys(out))
 
 
 # ----------------------------------------------------------------------------- presets
@@ -931,6 +931,8 @@ def calibrate(
     raise ValueError(f'`route` must be one of {ROUTES}, got {route!r}')
   if t.size < MIN_CALIBRATION_POINTS:
     raise ValueError(f'calibration curve needs >= {MIN_CALIBRATION_POINTS} points, got {t.size}')
+  if t[0] != 0:  # R0 is the reward at t = 0 on every route, and predictions start there
+    raise ValueError(f'calibration curve must start at update 0, got t[0] = {t[0]:g}')
   if route == 'ar2' and np.any(np.diff(t) != 1):
     raise ValueError(
       'the AR(2) route needs the reward at consecutive updates, got steps '
@@ -1061,7 +1063,10 @@ def _predict_target(spec: PredictSpec, out: str, target: Target, signal: str, ca
     # An unstable map predicts a growing deviation; its "error" against a bounded measured
     # curve is a number without meaning, so the route reports that it diverges instead.
     diverges = p.regime == 'unstable'
-    map_errors = dict.fromkeys(('rmse', 'max_abs', 'rel_rmse')) if diverges else None
+    if diverges:
+      map_errors = dict.fromkeys(('rmse', 'max_abs', 'rel_rmse'))
+    else:
+      map_errors = _errors(c['mean'], exact, rise)
     entry['routes'][route] = {
       'k': p.k,
       's': p.s,
@@ -1071,7 +1076,7 @@ def _predict_target(spec: PredictSpec, out: str, target: Target, signal: str, ca
       'predicted': exact,
       'predicted_ode': ode,
       'diverges': diverges,
-      'map': map_errors or _errors(c['mean'], exact, rise),
+      'map': map_errors,
       'ode': _errors(c['mean'], ode, rise),
     }
   return entry
