@@ -253,11 +253,17 @@ def test_paper_preset_is_the_papers_protocol_from_local_paths(tmp_path):
 
 @pytest.fixture
 def fast_compile():
-  """XLA without most optimisations: the tiny study is compile-bound, not compute-bound."""
+  """XLA without most optimisations: the tiny study is compile-bound, not compute-bound.
+
+  The flag is not part of jit's cache key, so the caches are cleared on the way out: an
+  unoptimised executable left behind would be reused by later tests in this process and
+  round differently from a fresh compile (a bitwise resume check then fails).
+  """
   old = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)
   yield
   jax.config.update('jax_disable_most_optimizations', old)
+  jax.clear_caches()
 
 
 def _passes_per_step(rows):
