@@ -174,23 +174,36 @@ def read_metrics(path: str | os.PathLike, *, kind: str | None = None) -> list[di
   if os.path.isdir(path):
     path = os.path.join(path, 'metrics.jsonl')
   last: dict[tuple[str, int], dict[str, Any]] = {}
-  with open(path, encoding='utf-8') as f:
-    lines = f.read().split('\n')
-  for number, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      if number == len(lines) or (number == len(lines) - 1 and not lines[-1]):
-        continue  # the run died while writing this line
-      raise ValueError(f'{path}:{number}: malformed metrics line ({e})') from None
+  for row in read_jsonl(path):
     k = row_kind(row)
     if kind is not None and k != kind:
       continue
     step = row['sft/step'] if k == 'sft' else row['step']
     last[(k, step)] = row
   return [last[key] for key in sorted(last)]
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Reads a JSONL file of objects; a torn last line is skipped, other bad lines raise."""
+  path = os.fspath(path)
+  with open(path, encoding='utf-8') as f:
+    lines = f.read().split('\n')
+  while lines and not lines[-1].strip():
+    lines.pop()
+  rows = []
+  for number, text in enumerate(lines, start=1):
+    if not text.strip():
+      continue
+    try:
+      row = json.loads(text)
+    except json.JSONDecodeError as e:
+      if number == len(lines):
+        continue  # the writer died mid-line (a run killed while logging)
+      raise ValueError(f'{path}:{number}: malformed JSONL line ({e})') from None
+    if not isinstance(row, dict):
+      raise ValueError(f'{path}:{number}: expected a JSON object, got {type(row).__name__}')
+    rows.append(row)
+  return rows
 
 
 def summarize(eval_rows: Iterable[Mapping[str, Any]], *, key: str = 'eval/greedy_acc', n=3):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from grpo_jax.dynamics import discrete
-from grpo_jax.metrics import MetricsWriter
+from grpo_jax.metrics import MetricsWriter, read_jsonl
 from grpo_jax.studies import common
 from grpo_jax.studies import dynamics as study
 
@@ -336,7 +336,7 @@ def test_fit_on_a_tiny_trainer_run(tmp_path):
   )
   study.run_study(spec, out, log=lambda *_: None)
   res = study.analyze_fit(spec, out)
-  rows = common.read_jsonl(os.path.join(study.run_dir(out, spec.arms[0], 4, 0), 'metrics.jsonl'))
+  rows = read_jsonl(os.path.join(study.run_dir(out, spec.arms[0], 4, 0), 'metrics.jsonl'))
   logged = [r['train/reward_mean'] for r in rows if 'train/reward_mean' in r]
   f = res['arms'][spec.arms[0].key]['groups']['4']['fits']['train']
   assert len(logged) == 8

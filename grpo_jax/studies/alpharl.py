@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from grpo_jax import metrics as metrics_lib
 from grpo_jax import rank1
 from grpo_jax.studies import common
 
@@ -293,7 +294,7 @@ def run_config(run_dir: str | os.PathLike) -> Any:
 
 def eval_accuracies(run_dir: str | os.PathLike) -> dict[int, float]:
   """Held-out greedy accuracy the trainer logged at each step (its metrics.jsonl)."""
-  rows = common.read_run_metrics(run_dir, kind='eval')
+  rows = metrics_lib.read_metrics(run_dir, kind='eval')
   return {int(r['step']): float(r['eval/greedy_acc']) for r in rows if 'eval/greedy_acc' in r}
 
 

@@ -144,36 +144,6 @@ def read_json(path: str | os.PathLike) -> Any:
       raise ValueError(f'{path}: malformed JSON ({e})') from None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """Reads a JSONL file of objects; a torn last line is skipped, other bad lines raise."""
-  path = os.fspath(path)
-  with open(path, encoding='utf-8') as f:
-    lines = f.read().split('\n')
-  while lines and not lines[-1].strip():
-    lines.pop()
-  rows = []
-  for number, text in enumerate(lines, start=1):
-    if not text.strip():
-      continue
-    try:
-      row = json.loads(text)
-    except json.JSONDecodeError as e:
-      if number == len(lines):
-        continue  # the writer died mid-line
-      raise ValueError(f'{path}:{number}: malformed JSONL line ({e})') from None
-    if not isinstance(row, dict):
-      raise ValueError(f'{path}:{number}: expected a JSON object, got {type(row).__name__}')
-    rows.append(row)
-  return rows
-
-
-def read_run_metrics(run_dir: str | os.PathLike, *, kind: str | None = None):
-  """A run's metrics rows (the trainer's `metrics.jsonl`, last row per step kept)."""
-  from grpo_jax.metrics import read_metrics
-
-  return read_metrics(run_dir, kind=kind)
-
-
 def curve(rows: Sequence[Mapping[str, Any]], key: str, *, x: str = 'step'):
   """`(x_N, y_N)` float arrays of the rows that hold both `x` and `key`, sorted by x."""
   pts = sorted((float(r[x]), float(r[key])) for r in rows if key in r and x in r)

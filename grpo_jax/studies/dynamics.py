@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from grpo_jax import config as config_lib
+from grpo_jax import metrics as metrics_lib
 from grpo_jax.dynamics import diagnostics as diag_lib
 from grpo_jax.dynamics import discrete
 from grpo_jax.dynamics import fit as fit_lib
@@ -529,7 +530,7 @@ def run_curve(directory: str, signal: str, *, updates_per_rollout: int = 1):
   'train': `train/reward_mean` at t = (step − 1)·u; 'eval': `eval/avg_at_k` (greedy when
   avg@k is off) at t = step·u.
   """
-  rows = common.read_run_metrics(directory)
+  rows = metrics_lib.read_metrics(directory)
   if signal == 'train':
     x, y = common.curve(rows, 'train/reward_mean')
     return (x - 1.0) * updates_per_rollout, y
@@ -649,7 +650,7 @@ def _late(values_N, frac):
 
 def diagnose_run(directory: str, *, refresh: int) -> dict:
   """`grpo_jax.dynamics.diagnose` on a run's logged metrics: flagged modes and messages."""
-  rows = common.read_run_metrics(directory)
+  rows = metrics_lib.read_metrics(directory)
   try:
     d = diag_lib.diagnose(rows, refresh=refresh)
   except ValueError as e:

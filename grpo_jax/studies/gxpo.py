@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from grpo_jax import config as config_lib
+from grpo_jax import metrics as metrics_lib
 from grpo_jax.studies import common
 
 COMPILE_FACTOR = 5.0
@@ -392,7 +393,7 @@ def backward_pass_audit(train_rows: Sequence[dict], method: Method, *, updates_p
 
 
 def _load_run(directory: str) -> dict[str, Any]:
-  rows = common.read_run_metrics(directory)
+  rows = metrics_lib.read_metrics(directory)
   train = [r for r in rows if 'sft/step' not in r and 'train/reward_mean' in r]
   evals = [r for r in rows if 'eval/greedy_acc' in r]
   train.sort(key=lambda r: r['step'])
