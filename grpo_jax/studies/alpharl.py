@@ -84,16 +84,8 @@ def study_config(
 
 QUICK = (
   'sft.enabled=false',
-  # 'format' (digits only) is learnable from scratch, so the weights move within 10 steps.
-  'data.rewards=format',
-  'data.held_out_size=64',
-  'batch.prompts_per_step=8',
+  *common.SMOKE_OVERRIDES,  # the weights move within 10 steps
   'batch.group_size=4',
-  'batch.mini_batch=8',
-  'batch.micro_batch=8',
-  'sampler.max_new_tokens=5',
-  'optim.lr=1e-2',
-  'eval.size=16',
   'eval.avg_k=0',
   'steps=10',
 )

@@ -19,6 +19,21 @@ NA = 'n/a'
 NOT_REACHED = 'not reached'
 
 
+# The smoke-size trainer run every study's quick preset builds on: tiny batches and short
+# completions, and the 'format' reward (the completion is digits only), which is learnable
+# from scratch, so rewards vary within groups and the weights move within a few steps.
+SMOKE_OVERRIDES = (
+  'data.rewards=format',
+  'data.held_out_size=64',
+  'batch.prompts_per_step=8',
+  'batch.mini_batch=8',
+  'batch.micro_batch=8',
+  'sampler.max_new_tokens=5',
+  'optim.lr=1e-2',
+  'eval.size=16',
+)
+
+
 # ----------------------------------------------------------------------------- formatting
 
 

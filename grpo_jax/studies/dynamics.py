@@ -354,15 +354,7 @@ def _cpu_base(steps: int) -> config_lib.TrainConfig:
 
 _QUICK = (
   'sft.enabled=false',
-  # 'format' (digits only) is learnable from scratch within a few steps.
-  'data.rewards=format',
-  'data.held_out_size=64',
-  'batch.prompts_per_step=8',
-  'batch.mini_batch=8',
-  'batch.micro_batch=8',
-  'sampler.max_new_tokens=5',
-  'optim.lr=1e-2',
-  'eval.size=16',
+  *common.SMOKE_OVERRIDES,
   'eval.avg_k=2',
   'eval.every=1',
   'checkpoint.every=100',
