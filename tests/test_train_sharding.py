@@ -5,6 +5,7 @@ and the `mesh` config section names bad fields."""
 import jax
 import numpy as np
 import pytest
+from _tiny_run import QUIET, tiny_cfg
 from jax.sharding import PartitionSpec as P
 
 from grpo_jax import config as C
@@ -13,33 +14,17 @@ from grpo_jax import train as T
 from grpo_jax.checkpoint import CheckpointStore
 from grpo_jax.metrics import read_metrics
 
-# Two rollout steps of 8 prompts x G=4 with two updates each (micro-batches of 8 rows, which
-# split over 4 batch shards), Adam at the cpu-tiny RL learning rate.
-RUN = [
-  'sft.enabled=false',
-  'data.rewards=format',
-  'data.held_out_size=64',
-  'batch.prompts_per_step=8',
-  'batch.group_size=4',
-  'batch.mini_batch=4',
-  'batch.micro_batch=2',
-  'sampler.max_new_tokens=4',
-  'optim.lr=1e-4',
-  'eval.size=8',
-  'eval.avg_k=0',
-  'checkpoint.every=1',
-  'steps=2',
-]
+# The tiny run (8 prompts x G=4, two updates of two micro-batches each, which split over 4
+# batch shards) for two rollout steps, with Adam at the cpu-tiny RL learning rate; a
+# checkpoint, and so an evaluation, after every step.
+RUN = ['optim.lr=1e-4', 'eval.size=8', 'eval.avg_k=0', 'checkpoint.every=1', 'steps=2']
 MESH = ['mesh.fsdp=4', 'mesh.tensor=2']
-QUIET = dict(progress=False, log=lambda *_: None)
 # Rows that must agree exactly: they depend only on the sampled tokens and the data.
 EXACT = ('step', 'updates', 'train/reward_mean', 'train/reward_std', 'train/len_mean')
 
 
 def run(path, *extra):
-  trainer = T.Trainer(
-    C.apply_overrides(C.cpu_tiny(), [*RUN, f'output_dir={path}', *extra]), **QUIET
-  )
+  trainer = T.Trainer(tiny_cfg(path, *RUN, *extra), **QUIET)
   trainer.run()
   return trainer
 
