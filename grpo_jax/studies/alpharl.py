@@ -117,7 +117,28 @@ def checkpoints_dir(run_dir: str | os.PathLike) -> str:
   raise FileNotFoundError(f'{run_dir}: no trainer checkpoints (expected {inner}/<step>/)')
 
 
-class RunCheckpoints:
+class _Checkpoints:
+  """`(step, params)` pairs of kept steps, base model first: `steps`, `final_step`,
+  `params(step)`, iteration and `len`. Subclasses set `steps` and define `params`."""
+
+  steps: list[int]
+
+  @property
+  def final_step(self) -> int:
+    return self.steps[-1]
+
+  def params(self, step: int) -> PyTree:
+    raise NotImplementedError
+
+  def __iter__(self) -> Iterator[tuple[int, PyTree]]:
+    for step in self.steps:
+      yield step, self.params(step)
+
+  def __len__(self) -> int:
+    return len(self.steps)
+
+
+class RunCheckpoints(_Checkpoints):
   """A trainer run's checkpoints as the `(step, params)` iterable `grpo_jax.rank1` streams.
 
   Each iteration opens the run read-only and restores the params item alone, one step at a
@@ -175,10 +196,6 @@ class RunCheckpoints:
     finally:
       absl.setLevel(level)
 
-  @property
-  def final_step(self) -> int:
-    return self.steps[-1]
-
   def params(self, step: int) -> PyTree:
     """The params of one kept step."""
     if step not in self.steps:
@@ -193,18 +210,14 @@ class RunCheckpoints:
 
   def __iter__(self) -> Iterator[tuple[int, PyTree]]:
     if self._cache is not None:
-      for step in self.steps:
-        yield step, self.params(step)
+      yield from super().__iter__()
       return
-    with self._open() as store:
+    with self._open() as store:  # one open for the whole pass
       for step in self.steps:
         yield step, store.restore_params(step=step, target=self.target)
 
-  def __len__(self) -> int:
-    return len(self.steps)
 
-
-class MemoryCheckpoints:
+class MemoryCheckpoints(_Checkpoints):
   """In-memory `(step, params)` pairs with the `steps` / `params(step)` interface of the others."""
 
   def __init__(self, pairs: Mapping[int, PyTree]):
@@ -213,21 +226,11 @@ class MemoryCheckpoints:
     self._pairs = dict(sorted(pairs.items()))
     self.steps = list(self._pairs)
 
-  @property
-  def final_step(self) -> int:
-    return self.steps[-1]
-
   def params(self, step: int) -> PyTree:
     return self._pairs[step]
 
-  def __iter__(self):
-    return iter(self._pairs.items())
 
-  def __len__(self) -> int:
-    return len(self.steps)
-
-
-class HFCheckpoints:
+class HFCheckpoints(_Checkpoints):
   """Local Hugging Face checkpoint directories as a `(step, params)` iterable (`paper` preset).
 
   Each directory is loaded as the trainer loads `model.path` (float32 parameters, the
@@ -246,10 +249,6 @@ class HFCheckpoints:
     self.paths = dict(sorted(paths.items()))
     self.steps = list(self.paths)
 
-  @property
-  def final_step(self) -> int:
-    return self.steps[-1]
-
   def params(self, step: int) -> PyTree:
     from flax import nnx
 
@@ -257,13 +256,6 @@ class HFCheckpoints:
 
     model, _ = load_hf(self.paths[step], param_dtype='float32')
     return nnx.split(model, nnx.Param)[1]
-
-  def __iter__(self):
-    for step in self.steps:
-      yield step, self.params(step)
-
-  def __len__(self) -> int:
-    return len(self.steps)
 
 
 def hf_view(model_cfg) -> rank1.MatrixView:
