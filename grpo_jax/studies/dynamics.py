@@ -1028,7 +1028,8 @@ def _predict_target(spec: PredictSpec, out: str, target: Target, signal: str, ca
   measured_fit = fit_signal(c['t'], c['mean'], r_max=_r_max(cfg, signal), n_bootstrap=0)
   # The scale of every error: the target's own rise (its fitted |R* - R0|, the smoothed
   # range when the fit failed), never a calibration's, which may be far off.
-  own = np.asarray(measured_fit.get('fitted', common.smooth(c['mean'], window=9)), float)
+  own = measured_fit.get('fitted')
+  own = np.asarray(common.smooth(c['mean'], window=9) if own is None else own, float)
   rise = abs(float(own[-1] - own[0])) or float(np.ptp(own)) or 1.0
   entry = {
     'arm': target.arm.key,
